@@ -1,0 +1,50 @@
+# make run   set everything up and start every process of the Procfile
+# make test  set up and run every app's tests with coverage (fails below 90 %)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+APPS   := auth_app user_app workers
+RUN_PROCESSES ?= $(shell grep -oE "^[a-z0-9_-]+:" Procfile | tr -d : | grep -vxE "release|web")
+
+.PHONY: run test venv keys migrate preflight lint bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python 3.11 or newer is needed (found $$($(PYTHON) --version))"; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+keys: $(STAMP)
+	$(BIN)/flask --app auth_app keys generate
+
+migrate: $(STAMP)
+	$(BIN)/alembic -n auth upgrade head
+	$(BIN)/alembic -n user upgrade head
+
+preflight: $(STAMP)
+	$(BIN)/python -m common.preflight
+
+run: $(STAMP) preflight keys migrate
+	$(BIN)/honcho start $(RUN_PROCESSES)
+
+test: $(STAMP)
+	rm -f .coverage .coverage.*
+	@set -e; for app in $(APPS); do \
+		if [ -d $$app/tests ]; then \
+			echo "== pytest $$app"; \
+			$(BIN)/python -m pytest $$app --cov --cov-append --cov-report= -q; \
+		fi; \
+	done
+	$(BIN)/coverage report --fail-under=90
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .coverage .coverage.*

@@ -1,0 +1,142 @@
+"""Database plumbing: naming convention, engines, one session per request.
+
+Each app declares its own ``Base`` with :data:`NAMING_CONVENTION` so that its
+tables, and Alembic's view of them, stay its own. Data functions take a session
+and never commit; the view, the job or the message handler does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from flask import Flask, current_app, g
+from flask_smorest import abort
+from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def new_metadata() -> MetaData:
+    """A MetaData with the shared naming convention, one per app."""
+    return MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp stored as UTC and always read back timezone-aware.
+
+    SQLite keeps no zone; PostgreSQL's ``timestamptz`` does. Both read back as
+    aware UTC datetimes, so comparisons never mix naive and aware values.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to a UTC column")
+            value = value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None:
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value
+
+
+def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
+    """An engine with pre-ping and pooling; in-memory SQLite shares one connection."""
+    if url.startswith("sqlite"):
+        kwargs: dict = {"connect_args": {"check_same_thread": False}}
+        if url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url:
+            kwargs["poolclass"] = StaticPool
+        engine = create_engine(url, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            if "memory" not in url and url != "sqlite://":
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+@dataclass
+class Database:
+    """An app's engine and session factory, kept in ``app.extensions['database']``."""
+
+    engine: Engine
+    sessionmaker: sessionmaker[Session]
+
+    @classmethod
+    def from_url(cls, url: str) -> Database:
+        """Build the engine and session factory for ``url``."""
+        engine = make_engine(url)
+        return cls(engine, sessionmaker(engine, expire_on_commit=False))
+
+
+def init_database(app: Flask, base: type[DeclarativeBase]) -> Database:
+    """Attach a Database to ``app`` and release the request's session at teardown.
+
+    With ``CREATE_SCHEMA`` set (tests on in-memory SQLite) the tables are
+    created from the models; everywhere else Alembic owns the schema.
+    """
+    database = Database.from_url(app.config["DATABASE_URL"])
+    app.extensions["database"] = database
+    if app.config.get("CREATE_SCHEMA"):
+        base.metadata.create_all(database.engine)
+
+    @app.teardown_appcontext
+    def _release_session(exc):
+        session = g.pop("db_session", None)
+        if session is not None:
+            if exc is not None:
+                session.rollback()
+            session.close()
+
+    return database
+
+
+def get_session() -> Session:
+    """The current request's session, opened on first use."""
+    if "db_session" not in g:
+        g.db_session = current_app.extensions["database"].sessionmaker()
+    return g.db_session
+
+
+@contextlib.contextmanager
+def conflict_on_integrity_error(message: str):
+    """Turn a unique-constraint failure into a 409 with ``message``, rolling back first."""
+    try:
+        yield
+    except IntegrityError:
+        get_session().rollback()
+        abort(409, message=message)

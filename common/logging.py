@@ -1,0 +1,104 @@
+"""Logging in JSON or text, with the request id (or message correlation id) on every line.
+
+The id lives in a context variable so the same formatter serves web requests
+and worker messages. A last-resort filter masks anything shaped like a JWT or a
+``password=``/``token=`` pair, in case a library logs one.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import sys
+from contextlib import contextmanager
+
+from pythonjsonlogger.json import JsonFormatter
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None
+)
+message_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "message_id", default=None
+)
+
+_SECRET_PATTERNS = [
+    # JWTs and JWT-shaped strings.
+    re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
+    # key=value or "key": "value" pairs whose key names a secret.
+    re.compile(
+        r"""(?ix)
+        (["']?(?:password|passwd|new_password|current_password|refresh_token|access_token|
+        token|secret|authorization)["']?\s*[:=]\s*)
+        (?:"[^"]*"|'[^']*'|Bearer\s+\S+|[^\s,&}]+)
+        """
+    ),
+]
+
+
+def redact(text: str) -> str:
+    """Mask JWTs and secret-named values in a log message."""
+    text = _SECRET_PATTERNS[0].sub("[redacted-token]", text)
+    return _SECRET_PATTERNS[1].sub(lambda m: m.group(1) + "[redacted]", text)
+
+
+class ContextFilter(logging.Filter):
+    """Put the current request and message ids on the record and mask secrets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get() or "-"
+        record.message_id = message_id_var.get() or "-"
+        if isinstance(record.msg, str) and record.args:
+            try:
+                record.msg = record.msg % record.args
+                record.args = None
+            except (TypeError, ValueError):
+                pass
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """Send every logger's records to stderr in one format, with ids and redaction.
+
+    Safe to call more than once (tests build many apps): the handler is replaced.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_service_handler", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._service_handler = True  # type: ignore[attr-defined]
+    if fmt == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(message_id)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(ContextFilter())
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # pika is chatty at INFO about every connection step.
+    logging.getLogger("pika").setLevel(max(logging.WARNING, root.level))
+
+
+@contextmanager
+def log_context(request_id: str | None = None, message_id: str | None = None):
+    """Bind ids for the log lines written inside the block (used by workers)."""
+    tokens = []
+    if request_id is not None:
+        tokens.append((request_id_var, request_id_var.set(request_id)))
+    if message_id is not None:
+        tokens.append((message_id_var, message_id_var.set(message_id)))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)

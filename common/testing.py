@@ -1,0 +1,122 @@
+"""Test support shared by every app's tests: real servers, fresh namespaces.
+
+Each test run gets its own PostgreSQL databases, RabbitMQ vhost and Redis key
+prefix, so runs never see each other's data. A server that is down fails the
+test with a message naming it and how to start it; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RABBITMQ_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
+RABBITMQ_PORT = int(os.environ.get("TEST_RABBITMQ_PORT", "5672"))
+
+START_HINTS = {
+    "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+    "Redis": 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no',
+    "RabbitMQ": "rabbitmq-server -detached && rabbitmqctl await_startup",
+}
+
+
+def server_down(name: str, where: str, error: BaseException) -> None:
+    """Fail (never skip) with which server is down, where we looked and how to start it."""
+    pytest.fail(
+        f"{name} is not reachable at {where} ({type(error).__name__}: {error}). "
+        f"Start it with: {START_HINTS[name]}",
+        pytrace=False,
+    )
+
+
+def run_id() -> str:
+    """A short id unique to this test process."""
+    return uuid.uuid4().hex[:10]
+
+
+@contextmanager
+def fresh_postgres_database(label: str):
+    """Create an empty PostgreSQL database for this run; drop it afterwards. Yields its URL."""
+    admin_url = make_url(POSTGRES_ADMIN_URL)
+    name = f"test_{label}_{run_id()}"
+    admin = create_engine(
+        admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+    )
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:  # noqa: BLE001 - any failure means the server is unusable
+        admin.dispose()
+        server_down("PostgreSQL", f"{admin_url.host}:{admin_url.port}", error)
+    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def check_redis(url: str = REDIS_URL):
+    """A connected Redis client, or a failure that says how to start Redis."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        server_down("Redis", url, error)
+    return client
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@contextmanager
+def fresh_vhost(label: str):
+    """Create a RabbitMQ vhost for this run (guest may use it); delete it afterwards.
+
+    Yields the AMQP URL of the vhost.
+    """
+    import pika
+
+    vhost = f"test_{label}_{run_id()}"
+    try:
+        _rabbitmqctl("add_vhost", vhost)
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    except (OSError, subprocess.SubprocessError) as error:
+        server_down("RabbitMQ", f"{RABBITMQ_HOST}:{RABBITMQ_PORT}", error)
+    url = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{quote(vhost, safe='')}"
+    try:
+        pika.BlockingConnection(pika.URLParameters(url + "?connection_attempts=1")).close()
+    except Exception as error:  # noqa: BLE001
+        server_down("RabbitMQ", f"{RABBITMQ_HOST}:{RABBITMQ_PORT}", error)
+    try:
+        yield url
+    finally:
+        try:
+            _rabbitmqctl("delete_vhost", vhost)
+        except (OSError, subprocess.SubprocessError):
+            pass
+
+
+def write_test_keys(directory: Path) -> tuple[Path, Path]:
+    """A fresh RSA key pair under ``directory``; returns (private, public) paths."""
+    from common.keys import generate_key_pair
+
+    private, public = directory / "private.pem", directory / "public.pem"
+    generate_key_pair(private, public)
+    return private, public

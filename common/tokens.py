@@ -1,0 +1,109 @@
+"""RS256 access-token verification shared by both services (RFC 9068 profile).
+
+The algorithm is pinned, never read from the token; the key is looked up by
+``kid`` in a key set the service trusts, never taken from ``jku``/``x5u``/``jwk``
+headers. Every failure is an :class:`InvalidToken` with a short reason that is
+safe to show a client.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import jwt
+
+ALGORITHM = "RS256"
+ACCESS_TOKEN_TYPE = "at+jwt"
+REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "sub", "jti"]
+MAX_TOKEN_LENGTH = 8192
+MAX_KID_LENGTH = 128
+_ALLOWED_HEADERS = {"alg", "typ", "kid"}
+
+
+class InvalidToken(Exception):
+    """The token cannot be trusted; ``str(error)`` is a client-safe reason."""
+
+
+class KeySet(Protocol):
+    """Anything that returns the public key for a kid (a KeyRing, a JWKS cache)."""
+
+    def get(self, kid: str):  # pragma: no cover - protocol
+        """The key for ``kid``, or None."""
+
+
+class TokenVerifier:
+    """Verify access tokens against a trusted key set, issuer and audience."""
+
+    def __init__(self, keys: KeySet, *, issuer: str, audience: str, leeway: int = 10):
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+
+    def verify(self, token: str) -> dict:
+        """Return the claims of a valid access token or raise InvalidToken."""
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken("malformed token")
+        if token.count(".") != 2:
+            raise InvalidToken("malformed token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("malformed token") from None
+        if header.get("alg") != ALGORITHM:
+            raise InvalidToken("unsupported algorithm")
+        if str(header.get("typ", "")).lower() not in (ACCESS_TOKEN_TYPE, "application/at+jwt"):
+            raise InvalidToken("not an access token")
+        if set(header) - _ALLOWED_HEADERS:
+            raise InvalidToken("unsupported token header")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH:
+            raise InvalidToken("unknown signing key")
+        key = self.keys.get(kid)
+        if key is None:
+            raise InvalidToken("unknown signing key")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": REQUIRED_CLAIMS, "strict_aud": False},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidToken("token not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidToken("wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidToken("wrong issuer") from None
+        except jwt.MissingRequiredClaimError as error:
+            raise InvalidToken(f"missing claim {error.claim}") from None
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise InvalidToken("invalid token") from None
+        if not isinstance(claims, dict):
+            raise InvalidToken("invalid token")
+        return self._check_claims(claims)
+
+    def _check_claims(self, claims: dict) -> dict:
+        # Exact issuer match, whatever the library's comparison does.
+        if claims.get("iss") != self.issuer:
+            raise InvalidToken("wrong issuer")
+        now = time.time()
+        iat = claims.get("iat")
+        if not isinstance(iat, int | float) or isinstance(iat, bool):
+            raise InvalidToken("invalid token")
+        if iat > now + self.leeway:
+            raise InvalidToken("token not yet valid")
+        for name in ("sub", "jti"):
+            value = claims.get(name)
+            if not isinstance(value, str) or not value or len(value) > 255:
+                raise InvalidToken(f"invalid claim {name}")
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise InvalidToken("invalid claim roles")
+        return claims

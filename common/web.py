@@ -1,0 +1,198 @@
+"""Flask plumbing both services share: the API object, request ids, errors, health.
+
+``create_api`` wires one service: flask-smorest's Api (which owns the error
+JSON), request ids on every response and log line, security headers, CORS,
+offline Swagger UI and the ``/health`` endpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+import swagger_ui_bundle
+from flask import Flask, g, request, send_from_directory
+from flask.views import MethodView
+from flask_cors import CORS
+from flask_smorest import Api, Blueprint
+from marshmallow import Schema, fields
+from werkzeug.exceptions import HTTPException, InternalServerError, default_exceptions
+
+from common.logging import request_id_var
+
+log = logging.getLogger("request")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_RE = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,127}$")
+SWAGGER_ASSETS = "/docs/assets/"
+BEARER_SCHEME = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+
+
+class ServiceApi(Api):
+    """flask-smorest's Api, with a ``message`` on every error body (404 and 405 included)."""
+
+    def handle_http_exception(self, error: HTTPException):
+        """Answer any HTTP error in flask-smorest's shape with a human-readable message."""
+        payload, code, headers = super().handle_http_exception(error)
+        if "message" not in payload:
+            if isinstance(error, InternalServerError):
+                payload["message"] = "The server could not complete the request."
+            else:
+                payload["message"] = error.description or error.name
+        return payload, code, headers
+
+    def map_errors(self, app: Flask, mapping: dict[type[BaseException], tuple[int, str]]) -> None:
+        """Answer dependency failures (database, Redis down) with a status and a clear message."""
+        for exc_type, (code, message) in mapping.items():
+
+            def _handler(error, code=code, message=message):
+                log.warning("%s (%s)", message, type(error).__name__)
+                http_error = default_exceptions[code]()
+                http_error.data = {"message": message}
+                return self.handle_http_exception(http_error)
+
+            app.register_error_handler(exc_type, _handler)
+
+
+def new_request_id() -> str:
+    """A fresh request id."""
+    return uuid.uuid4().hex
+
+
+def accept_request_id(value: str | None) -> str:
+    """The caller's request id when it is 1-128 printable characters, else a new one."""
+    if value and _REQUEST_ID_RE.match(value) and value == value.strip():
+        return value
+    return new_request_id()
+
+
+def _install_request_ids(app: Flask) -> None:
+    @app.before_request
+    def _bind_request_id():
+        g.request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
+        g.request_id_token = request_id_var.set(g.request_id)
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def _stamp_response(response):
+        request_id = g.get("request_id") or accept_request_id(None)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if request.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        started = g.get("request_started")
+        if started is not None and not request.path.startswith(SWAGGER_ASSETS):
+            log.info(
+                "%s %s %s %.1fms",
+                request.method,
+                request.path,
+                response.status_code,
+                (time.perf_counter() - started) * 1000,
+            )
+        return response
+
+    @app.teardown_request
+    def _unbind_request_id(_exc):
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            request_id_var.reset(token)
+
+
+def _install_swagger_assets(app: Flask) -> None:
+    folder = swagger_ui_bundle.swagger_ui_path
+
+    def swagger_asset(filename: str):
+        return send_from_directory(folder, filename, max_age=86400)
+
+    app.add_url_rule(SWAGGER_ASSETS + "<path:filename>", "swagger_asset", swagger_asset)
+
+
+def openapi_config(title: str, version: str = "1.0.0") -> dict:
+    """The flask-smorest settings that serve ``/openapi.json`` and offline ``/docs``."""
+    return {
+        "API_TITLE": title,
+        "API_VERSION": version,
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "/docs",
+        "OPENAPI_SWAGGER_UI_URL": SWAGGER_ASSETS,
+    }
+
+
+def init_cors(app: Flask, origins: list[str]) -> None:
+    """Allow the configured origins only; credentials never go with a wildcard."""
+    if not origins:
+        return
+    wildcard = "*" in origins
+    CORS(
+        app,
+        resources={r"/api/*": {"origins": "*" if wildcard else origins}},
+        supports_credentials=not wildcard,
+        expose_headers=[REQUEST_ID_HEADER, "X-Pagination", "Retry-After"],
+        allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+        max_age=600,
+    )
+
+
+def create_api(app: Flask) -> ServiceApi:
+    """Wire request ids, headers, errors and API docs into ``app``; return its Api."""
+    for key, value in openapi_config(app.config.get("API_TITLE", app.name)).items():
+        app.config.setdefault(key, value)
+    app.config.setdefault("MAX_CONTENT_LENGTH", 64 * 1024)
+    _install_request_ids(app)
+    _install_swagger_assets(app)
+    api = ServiceApi(app, spec_kwargs={"servers": [{"url": "/"}]})
+    api.spec.components.security_scheme("bearerAuth", BEARER_SCHEME)
+    init_cors(app, app.config.get("CORS_ORIGINS", []))
+    return api
+
+
+class HealthSchema(Schema):
+    """Liveness answer."""
+
+    status = fields.String(required=True, metadata={"example": "ok"})
+
+
+class ReadinessSchema(Schema):
+    """Readiness answer: one entry per dependency."""
+
+    status = fields.String(required=True, metadata={"example": "ok"})
+    checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+
+
+def health_blueprint(checks: dict[str, Callable[[], object]]) -> Blueprint:
+    """``GET /health`` (no dependency touched) and ``GET /health/ready`` (each check run)."""
+    blp = Blueprint("health", __name__, url_prefix="/health", description="Liveness and readiness")
+
+    @blp.route("")
+    class Liveness(MethodView):
+        @blp.response(200, HealthSchema)
+        def get(self):
+            """The process is up. Touches no dependency."""
+            return {"status": "ok"}
+
+    @blp.route("/ready")
+    class Readiness(MethodView):
+        @blp.response(200, ReadinessSchema)
+        @blp.alt_response(503, schema=ReadinessSchema, description="A dependency is unavailable")
+        def get(self):
+            """Every dependency of this service answers."""
+            results = {}
+            for name, check in checks.items():
+                try:
+                    check()
+                    results[name] = "ok"
+                except Exception as error:  # noqa: BLE001 - any failure means not ready
+                    log.warning("readiness check %s failed: %s", name, type(error).__name__)
+                    results[name] = "unavailable"
+            ok = all(value == "ok" for value in results.values())
+            return {"status": "ok" if ok else "unavailable", "checks": results}, (
+                200 if ok else 503
+            )
+
+    return blp
