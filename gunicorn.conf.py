@@ -1,0 +1,44 @@
+"""gunicorn settings for both web apps (``gunicorn -c gunicorn.conf.py 'auth_app:create_app()'``).
+
+Worker model: ``gthread``. Login is bcrypt-bound, and bcrypt releases the GIL
+while it hashes, so threads keep both cores busy on logins; reads are I/O-bound
+(PostgreSQL, Redis), which threads overlap cheaply. One process per core keeps
+memory low; ``WEB_CONCURRENCY`` and ``WEB_THREADS`` override.
+"""
+
+import multiprocessing
+import os
+
+# A PaaS hands the web process its port in PORT; the Procfile's named
+# processes pass --bind, which wins over this.
+bind = f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8000"
+
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+threads = int(os.environ.get("WEB_THREADS", "4"))
+
+# Slow or hostile clients: a request line or header block must arrive quickly
+# and stay small, and a stuck request cannot hold a worker for long.
+timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
+graceful_timeout = 10
+keepalive = 5
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+
+# Recycle workers now and then so slow leaks cannot grow without bound.
+max_requests = 10000
+max_requests_jitter = 1000
+
+# Access log on stdout with the request id the app puts on every response.
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+# Do not tell clients which server this is.
+proc_name = "authsvc"
+
+
+def post_fork(server, worker):
+    """Nothing is shared across forks: each worker opens its own connections lazily."""
