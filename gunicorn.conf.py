@@ -39,6 +39,3 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Do not tell clients which server this is.
 proc_name = "authsvc"
 
-
-def post_fork(server, worker):
-    """Nothing is shared across forks: each worker opens its own connections lazily."""
