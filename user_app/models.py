@@ -1,0 +1,79 @@
+"""The user service's tables: profiles, tombstones, pending revocations, outbox, inbox."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Boolean, Double, Index, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from common.db import UTCDateTime, new_metadata, utcnow
+from common.events import OutboxMixin, ProcessedMessageMixin
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the user service; its metadata holds only this service's tables."""
+
+    metadata = new_metadata()
+
+
+class Profile(Base):
+    """A user's profile; ``id`` is the auth service's user id (the token's ``sub``).
+
+    ``roles_changed_at`` and ``active_changed_at`` record when an administrator
+    here last set those fields, so that a ``created`` sync arriving later with
+    an older timestamp does not undo the administrator's decision.
+    """
+
+    __tablename__ = "profiles"
+    __table_args__ = (Index("ix_profiles_created_at_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    display_name: Mapped[str | None] = mapped_column(String(100))
+    bio: Mapped[str | None] = mapped_column(Text)
+    avatar_url: Mapped[str | None] = mapped_column(String(2048))
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    # Epoch seconds: access tokens with iat <= this value are refused.
+    tokens_valid_after: Mapped[float | None] = mapped_column(Double)
+    # occurred_at of the last `created` sync merged into this row.
+    synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    roles_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    active_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Tombstone(Base):
+    """A deleted user; a late ``created`` sync or an old token can never bring it back."""
+
+    __tablename__ = "tombstones"
+
+    user_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class PendingRevocation(Base):
+    """A ``sessions_revoked`` sync for a user whose profile does not exist yet.
+
+    Folded into the profile's ``tokens_valid_after`` when the profile is created.
+    """
+
+    __tablename__ = "pending_revocations"
+
+    user_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    revoked_before: Mapped[float] = mapped_column(Double)
+
+
+class OutboxEvent(OutboxMixin, Base):
+    """Events waiting for the relay to publish them (transactional outbox)."""
+
+    __tablename__ = "outbox"
+
+
+class ProcessedMessage(ProcessedMessageMixin, Base):
+    """Ids of ``user.sync`` messages the user worker has already applied."""
+
+    __tablename__ = "processed_messages"
