@@ -1,0 +1,88 @@
+"""The auth service's tables: users, refresh-token session families, outbox, processed messages."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import JSON, Boolean, ForeignKey, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from common.db import UTCDateTime, new_metadata, utcnow
+from common.events import OutboxMixin, ProcessedMessageMixin
+
+
+def new_id() -> str:
+    """A fresh UUID string: user ids and session ids."""
+    return str(uuid.uuid4())
+
+
+def default_roles() -> list[str]:
+    """The roles of a newly registered user."""
+    return ["user"]
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the auth service, with the shared naming convention."""
+
+    metadata = new_metadata()
+
+
+class User(Base):
+    """An account. The id is minted here and is the ``sub`` everywhere."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    username: Mapped[str] = mapped_column(String(32))
+    # Usernames are unique whatever their case; the display case is kept in `username`.
+    username_key: Mapped[str] = mapped_column(String(32), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(100))
+    roles: Mapped[list[str]] = mapped_column(JSON, default=default_roles)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    provisioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Time of the last administrator change applied, so an older one never wins.
+    admin_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class LoginSession(Base):
+    """A refresh-token family: one login, every refresh token rotated from it shares its id."""
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class RefreshToken(Base):
+    """One refresh token of a family, kept only as its SHA-256 hash."""
+
+    __tablename__ = "refresh_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("login_sessions.id", ondelete="CASCADE"), index=True
+    )
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Set once, by the refresh that replaced it; a second use is a replay.
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class OutboxEvent(OutboxMixin, Base):
+    """Events waiting for the relay, written in the transaction that caused them."""
+
+    __tablename__ = "outbox"
+
+
+class ProcessedMessage(ProcessedMessageMixin, Base):
+    """Ids of messages the auth worker has already applied."""
+
+    __tablename__ = "processed_messages"
