@@ -1,0 +1,1 @@
+"""Worker processes: the outbox relays and the event consumers of both services."""

@@ -1,0 +1,310 @@
+"""The relay and consume loop on their own, against the real RabbitMQ.
+
+These use a small stand-in schema (an outbox, a processed-messages table and a
+table the handler writes to), so they pin the delivery guarantees apart from
+either app's handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pika
+import pytest
+from sqlalchemy import String, func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from common.db import make_engine, new_metadata
+from common.events import (
+    USER_EVENTS,
+    InvalidMessage,
+    OutboxMixin,
+    ProcessedMessageMixin,
+    emit,
+    make_envelope,
+)
+from workers.broker import USER_QUEUE, connect, dead_letter_queue, declare_exchanges, declare_queue
+from workers.consumer import Consumer
+from workers.relay import Relay
+from workers.tests.conftest import Running, broker_settings, drain, queue_depth
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+class Outbox(OutboxMixin, Base):
+    __tablename__ = "outbox"
+
+
+class Processed(ProcessedMessageMixin, Base):
+    __tablename__ = "processed_messages"
+
+
+class Applied(Base):
+    __tablename__ = "applied"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(36))
+    value: Mapped[str] = mapped_column(String(64))
+
+
+@pytest.fixture
+def engine():
+    engine = make_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_engine(postgres_url):
+    engine = make_engine(postgres_url)
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def write_events(engine, count: int, start: int = 0) -> list[str]:
+    ids = []
+    with Session(engine) as session, session.begin():
+        for n in range(start, start + count):
+            envelope = emit(
+                session,
+                Outbox,
+                exchange=USER_EVENTS,
+                event_type="user.sync",
+                source="auth_app",
+                data={"n": n},
+            )
+            ids.append(envelope.id)
+    return ids
+
+
+def publish_raw(url: str, body: bytes, message_id: str = "x", routing_key="user.sync") -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            USER_EVENTS,
+            routing_key,
+            body,
+            pika.BasicProperties(message_id=message_id, delivery_mode=2),
+            mandatory=True,
+        )
+    finally:
+        connection.close()
+
+
+def declare(url: str, queue: str = USER_QUEUE, **settings) -> None:
+    connection = connect(broker_settings(url, **settings), "test")
+    try:
+        channel = connection.channel()
+        declare_queue(channel, queue, broker_settings(url, **settings))
+        channel.queue_purge(queue)
+        channel.queue_purge(dead_letter_queue(queue))
+    finally:
+        connection.close()
+
+
+def relay_once(engine, url) -> tuple[int, bool]:
+    relay = Relay("test_relay", Outbox, engine, broker_settings(url))
+    connection = connect(relay.settings, "test")
+    try:
+        channel = connection.channel()
+        declare_exchanges(channel)
+        channel.confirm_delivery()
+        return relay.publish_batch(channel)
+    finally:
+        connection.close()
+
+
+def test_relay_publishes_rows_in_order_with_the_contract_properties(engine, amqp_url):
+    declare(amqp_url)
+    ids = write_events(engine, 5)
+    sent, held = relay_once(engine, amqp_url)
+    assert (sent, held) == (5, False)
+    messages = drain(amqp_url, USER_QUEUE, 5)
+    assert [p.message_id for p, _ in messages] == ids
+    properties, body = messages[0]
+    assert properties.type == "user.sync"
+    assert properties.content_type == "application/json"
+    assert properties.delivery_mode == 2
+    assert properties.app_id == "auth_app"
+    assert json.loads(body)["id"] == ids[0]
+    with Session(engine) as session:
+        pending = session.scalar(
+            select(func.count()).select_from(Outbox).where(Outbox.published_at.is_(None))
+        )
+    assert pending == 0
+
+
+def test_a_row_with_no_queue_bound_stays_pending_and_goes_out_later(engine, vhost_url):
+    ids = write_events(engine, 2)
+    sent, held = relay_once(engine, vhost_url)
+    assert (sent, held) == (0, True)
+    with Session(engine) as session:
+        rows = session.scalars(select(Outbox).order_by(Outbox.seq)).all()
+        assert [r.published_at for r in rows] == [None, None]
+        assert rows[0].attempts == 1
+    declare(vhost_url)
+    assert relay_once(engine, vhost_url) == (2, False)
+    assert [p.message_id for p, _ in drain(vhost_url, USER_QUEUE, 2)] == ids
+
+
+def make_consumer(engine, url, handler=None, **settings):
+    applied_handler = handler or record
+
+    return Consumer(
+        name="test_consumer",
+        queue=USER_QUEUE,
+        handlers={"user.sync": applied_handler},
+        sessions=sessionmaker(engine, expire_on_commit=False),
+        processed_model=Processed,
+        settings=broker_settings(url, **settings),
+    )
+
+
+def record(envelope, session):
+    if envelope.data.get("invalid"):
+        raise InvalidMessage("invalid data")
+    session.add(Applied(message_id=envelope.id, value=str(envelope.data.get("n"))))
+
+
+def applied(engine) -> list[str]:
+    with Session(engine) as session:
+        return list(session.scalars(select(Applied.value).order_by(Applied.id)))
+
+
+def wait_until(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def body(n, **extra) -> tuple[str, bytes]:
+    envelope = make_envelope("user.sync", "auth_app", {"n": n, **extra})
+    return envelope.id, json.dumps(envelope.to_dict()).encode()
+
+
+def test_duplicate_delivery_of_one_message_id_is_applied_once(engine, amqp_url):
+    declare(amqp_url)
+    message_id, payload = body(1)
+    for _ in range(3):
+        publish_raw(amqp_url, payload, message_id)
+    with Running(make_consumer(engine, amqp_url)):
+        assert wait_until(lambda: queue_depth(amqp_url, USER_QUEUE) == 0)
+        time.sleep(0.3)
+    assert applied(engine) == ["1"]
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"id": "nope"}',
+        json.dumps({**make_envelope("user.sync", "auth_app", {}).to_dict(), "version": 2}).encode(),
+        json.dumps(make_envelope("user.unknown", "auth_app", {}).to_dict()).encode(),
+        json.dumps(make_envelope("user.sync", "auth_app", {"invalid": True}).to_dict()).encode(),
+        "\udcff".encode("utf-8", "surrogatepass"),
+    ],
+    ids=["bad-json", "array", "bad-envelope", "version-2", "unknown-type", "invalid-data", "utf8"],
+)
+def test_a_poison_message_is_dead_lettered_and_later_messages_still_apply(engine, amqp_url, poison):
+    declare(amqp_url)
+    good_id, good = body(7)
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    channel.basic_publish(USER_EVENTS, "user.unknown", b"")  # unbound key: dropped
+    connection.close()
+    # Unknown types are published under the bound key so they reach the queue.
+    publish_raw(amqp_url, poison, "poison")
+    publish_raw(amqp_url, good, good_id)
+    with Running(make_consumer(engine, amqp_url)):
+        assert wait_until(lambda: applied(engine) == ["7"])
+        assert wait_until(lambda: queue_depth(amqp_url, dead_letter_queue(USER_QUEUE)) == 1)
+    dead = drain(amqp_url, dead_letter_queue(USER_QUEUE), 1)
+    assert dead[0][1] == poison
+
+
+def test_a_handler_that_keeps_failing_is_dead_lettered_after_max_tries(engine, amqp_url):
+    declare(amqp_url)
+    calls = []
+
+    def broken(envelope, session):
+        calls.append(envelope.id)
+        raise RuntimeError("bug")
+
+    message_id, payload = body(1)
+    publish_raw(amqp_url, payload, message_id)
+    with Running(make_consumer(engine, amqp_url, broken, max_tries=3)):
+        assert wait_until(lambda: queue_depth(amqp_url, dead_letter_queue(USER_QUEUE)) == 1)
+    assert len(calls) == 3
+
+
+def test_a_transient_failure_is_retried_in_hand_and_applied_once(engine, amqp_url):
+    declare(amqp_url)
+    failures = [OperationalError("select 1", {}, Exception("db down"))] * 3
+
+    def flaky(envelope, session):
+        if failures:
+            raise failures.pop()
+        record(envelope, session)
+
+    message_id, payload = body(42)
+    publish_raw(amqp_url, payload, message_id)
+    with Running(make_consumer(engine, amqp_url, flaky)):
+        assert wait_until(lambda: applied(engine) == ["42"])
+    assert queue_depth(amqp_url, dead_letter_queue(USER_QUEUE)) == 0
+    assert queue_depth(amqp_url, USER_QUEUE) == 0
+
+
+def test_relays_running_together_on_postgresql_publish_each_row_once(pg_engine, amqp_url):
+    declare(amqp_url)
+    ids = write_events(pg_engine, 600)
+    relays = [
+        Relay(f"relay{n}", Outbox, pg_engine, broker_settings(amqp_url), batch_size=50)
+        for n in range(3)
+    ]
+    with Running(relays[0]), Running(relays[1]), Running(relays[2]):
+        messages = drain(amqp_url, USER_QUEUE, 600)
+    got = [p.message_id for p, _ in messages]
+    assert sorted(got) == sorted(ids)
+    assert len(set(got)) == 600
+
+
+def test_relay_wakes_on_notify_and_publishes_a_new_row(pg_engine, amqp_url):
+    declare(amqp_url)
+    relay = Relay("relay", Outbox, pg_engine, broker_settings(amqp_url), listen_timeout=30)
+    with Running(relay):
+        time.sleep(0.5)  # let it go idle on LISTEN
+        ids = write_events(pg_engine, 1)
+        messages = drain(amqp_url, USER_QUEUE, 1, timeout=10)
+    assert [p.message_id for p, _ in messages] == ids
+
+
+def test_consumer_stops_when_asked_and_leaves_unapplied_messages_queued(engine, amqp_url):
+    declare(amqp_url)
+    started = threading.Event()
+
+    def slow(envelope, session):
+        started.set()
+        time.sleep(0.5)
+        record(envelope, session)
+
+    for n in range(5):
+        publish_raw(amqp_url, body(n)[1], f"m{n}")
+    consumer = make_consumer(engine, amqp_url, slow, prefetch=1)
+    with Running(consumer):
+        assert started.wait(10)
+    done = applied(engine)
+    assert 1 <= len(done) < 5
+    assert queue_depth(amqp_url, USER_QUEUE) == 5 - len(done)
