@@ -1,0 +1,86 @@
+"""``python -m workers.user_worker``: apply ``user.sync`` messages to the user service.
+
+Consumes ``user_app.user_events``. ``created`` creates or merges the profile
+and answers with ``user.created`` through the user service's outbox, in the
+same transaction; ``deleted`` removes the profile and leaves a tombstone;
+``sessions_revoked`` stores the time before which the user's tokens are dead.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.config import Env, database_url, exit_on_config_error
+from common.db import make_engine
+from common.events import AUTH_EVENTS, Envelope, InvalidMessage, emit
+from common.logging import configure_logging
+from user_app import profiles
+from user_app.models import OutboxEvent, ProcessedMessage
+from workers.broker import USER_QUEUE
+from workers.consumer import Consumer
+from workers.settings import BrokerSettings
+
+SOURCE = "user_app"
+
+
+def handle_user_sync(envelope: Envelope, session: Session) -> None:
+    """Apply one ``user.sync`` message in the caller's transaction."""
+    data = envelope.data
+    action = data.get("action")
+    occurred_at = datetime.fromisoformat(envelope.occurred_at)
+    try:
+        if action == "created":
+            profile = profiles.apply_user_created(session, data, occurred_at)
+            if profile is not None:
+                emit(
+                    session,
+                    OutboxEvent,
+                    exchange=AUTH_EVENTS,
+                    event_type="user.created",
+                    source=SOURCE,
+                    data={
+                        "user_id": profile.id,
+                        "profile_created_at": profile.created_at.isoformat(),
+                    },
+                    correlation_id=envelope.id,
+                )
+        elif action == "deleted":
+            profiles.apply_user_deleted(session, data.get("user_id"), occurred_at)
+        elif action == "sessions_revoked":
+            profiles.apply_sessions_revoked(
+                session, data.get("user_id"), data.get("revoked_before")
+            )
+        else:
+            raise InvalidMessage(f"unknown user.sync action {action!r}")
+    except profiles.InvalidEventData as error:
+        raise InvalidMessage(str(error)) from None
+
+
+def build_consumer(env: Env) -> Consumer:
+    """The user worker's consumer, configured from ``env``."""
+    engine = make_engine(database_url(env, "USER", "user"), pool_size=2, max_overflow=2)
+    return Consumer(
+        name="user_worker",
+        queue=USER_QUEUE,
+        handlers={"user.sync": handle_user_sync},
+        sessions=sessionmaker(engine, expire_on_commit=False),
+        processed_model=ProcessedMessage,
+        settings=BrokerSettings.from_env(env),
+    )
+
+
+@exit_on_config_error
+def main() -> int:
+    """Entry point: consume until SIGTERM."""
+    env = Env()
+    configure_logging(
+        env.str("LOG_LEVEL", "INFO"), env.choice("LOG_FORMAT", "json", ("json", "text"))
+    )
+    return build_consumer(env).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
