@@ -1,0 +1,83 @@
+"""Request and response schemas of the users resource."""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate
+
+from user_app.profiles import MAX_ROLES, ROLE_RE
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON boolean only: ``"yes"``, ``1`` or ``"true"`` are refused in a body."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise ValidationError("Not a valid boolean.")
+        return value
+
+
+class ProfileSchema(Schema):
+    """A user's profile."""
+
+    id = fields.String(dump_only=True)
+    email = fields.String(dump_only=True)
+    username = fields.String(dump_only=True)
+    display_name = fields.String(dump_only=True, allow_none=True)
+    bio = fields.String(dump_only=True, allow_none=True)
+    avatar_url = fields.String(dump_only=True, allow_none=True)
+    roles = fields.List(fields.String(), dump_only=True)
+    is_active = fields.Boolean(dump_only=True)
+    created_at = fields.DateTime(dump_only=True)
+    updated_at = fields.DateTime(dump_only=True)
+
+
+class ProfileUpdateSchema(Schema):
+    """The fields a user may change on their own profile; ``null`` clears one."""
+
+    class Meta:
+        unknown = RAISE
+
+    display_name = fields.String(allow_none=True, validate=validate.Length(max=100))
+    bio = fields.String(allow_none=True, validate=validate.Length(max=2000))
+    avatar_url = fields.String(
+        allow_none=True,
+        validate=[
+            validate.Length(max=2048),
+            validate.URL(relative=False, schemes={"http", "https"}, require_tld=False),
+        ],
+        metadata={"description": "An absolute http(s) URL"},
+    )
+
+
+class AdminProfileUpdateSchema(ProfileUpdateSchema):
+    """What an administrator may change on any profile."""
+
+    is_active = StrictBoolean()
+    roles = fields.List(
+        fields.String(
+            validate=validate.Regexp(
+                ROLE_RE, error="Role names are 1-32 of a-z, 0-9, _ and -, starting with a letter."
+            )
+        ),
+        validate=validate.Length(max=MAX_ROLES),
+    )
+
+    @post_load
+    def _deduplicate_roles(self, data, **kwargs):
+        if "roles" in data:
+            data["roles"] = list(dict.fromkeys(data["roles"]))
+        return data
+
+
+class UserQuerySchema(Schema):
+    """Filters of the user listing (pagination parameters are flask-smorest's)."""
+
+    class Meta:
+        # page and page_size are read by the pagination schema from the same query string.
+        unknown = EXCLUDE
+
+    q = fields.String(
+        validate=validate.Length(max=200),
+        metadata={"description": "Case-insensitive substring of email, username or display name"},
+    )
+    is_active = fields.Boolean()

@@ -1,0 +1,123 @@
+"""The users resource: a user's own profile, and administration of everyone's."""
+
+from __future__ import annotations
+
+from flask import g
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+
+from common.auth import has_role, login_required
+from common.db import get_session
+from user_app import profiles
+from user_app.schemas import (
+    AdminProfileUpdateSchema,
+    ProfileSchema,
+    ProfileUpdateSchema,
+    UserQuerySchema,
+)
+
+blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description="User profiles")
+
+ADMIN = "admin"
+
+
+def _own_profile():
+    session = get_session()
+    profile = profiles.ensure_profile(session, g.claims)
+    if profile is None:  # deleted between the token check and now
+        abort(401, message="Invalid token: account deleted")
+    return profile
+
+
+def _profile_or_404(user_id: str):
+    # A malformed id names no user: 404, like any unknown one.
+    canonical = profiles.normalise_user_id(user_id)
+    profile = profiles.get_profile(get_session(), canonical) if canonical else None
+    if profile is None:
+        abort(404, message="User not found")
+    return profile
+
+
+@blp.route("/me")
+class Me(MethodView):
+    @login_required
+    @blp.response(200, ProfileSchema)
+    def get(self):
+        """Your profile (created from your token if the registration sync has not arrived)."""
+        profile = _own_profile()
+        get_session().commit()
+        return profile
+
+    @login_required
+    @blp.arguments(ProfileUpdateSchema)
+    @blp.response(200, ProfileSchema)
+    def patch(self, changes):
+        """Change your display name, bio or avatar URL; ``null`` clears a field."""
+        profile = _own_profile()
+        profiles.update_own_profile(profile, changes)
+        get_session().commit()
+        return profile
+
+
+@blp.route("")
+class Users(MethodView):
+    @login_required(role=ADMIN)
+    @blp.arguments(UserQuerySchema, location="query")
+    @blp.response(200, ProfileSchema(many=True))
+    @blp.paginate()
+    def get(self, query, pagination_parameters):
+        """List profiles, oldest first, optionally searched (``q``) and filtered (``is_active``)."""
+        total, page = profiles.search_profiles(
+            get_session(),
+            q=query.get("q"),
+            is_active=query.get("is_active"),
+            offset=pagination_parameters.first_item,
+            limit=pagination_parameters.page_size,
+        )
+        pagination_parameters.item_count = total
+        return page
+
+
+@blp.route("/<user_id>")
+class User(MethodView):
+    @login_required
+    @blp.response(200, ProfileSchema)
+    @blp.alt_response(403, description="Neither the user nor an administrator")
+    @blp.alt_response(404, description="No such user")
+    def get(self, user_id):
+        """One user's profile: your own, or anyone's for an administrator."""
+        if g.claims["sub"] == user_id:
+            profile = _own_profile()
+            get_session().commit()
+            return profile
+        if not has_role(ADMIN):
+            abort(403, message="You may only read your own profile")
+        return _profile_or_404(user_id)
+
+    @login_required(role=ADMIN)
+    @blp.arguments(AdminProfileUpdateSchema)
+    @blp.response(200, ProfileSchema)
+    @blp.alt_response(404, description="No such user")
+    def patch(self, changes, user_id):
+        """Change a profile; a change of ``is_active`` or ``roles`` is sent as ``user.updated``."""
+        profile = _profile_or_404(user_id)
+        profiles.admin_update_profile(get_session(), profile, changes)
+        get_session().commit()
+        return profile
+
+    @login_required(role=ADMIN)
+    @blp.response(204)
+    @blp.alt_response(403, description="Administrators cannot delete themselves here")
+    @blp.alt_response(404, description="No such user")
+    def delete(self, user_id):
+        """Delete a user everywhere: the profile here, the account at the auth service.
+
+        An administrator cannot delete their own account through this endpoint,
+        so the last administrator cannot lock everyone out by mistake; they use
+        ``DELETE /api/v1/auth/me`` (which asks for their password) instead.
+        """
+        profile = _profile_or_404(user_id)
+        if profile.id == g.claims["sub"]:
+            abort(403, message="Use DELETE /api/v1/auth/me to delete your own account")
+        profiles.admin_delete_profile(get_session(), profile)
+        get_session().commit()
