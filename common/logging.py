@@ -102,3 +102,11 @@ def log_context(request_id: str | None = None, message_id: str | None = None):
     finally:
         for var, token in reversed(tokens):
             var.reset(token)
+
+
+def configure_logging_from_env(env) -> None:
+    """Configure logging from ``LOG_LEVEL`` and ``LOG_FORMAT`` (worker processes)."""
+    configure_logging(
+        env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")),
+        env.choice("LOG_FORMAT", "json", ("json", "text")),
+    )

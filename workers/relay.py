@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from common.config import Env, database_url, exit_on_config_error
 from common.db import make_engine, utcnow
 from common.events import notify_channel
-from common.logging import configure_logging
+from common.logging import configure_logging_from_env
 from workers.broker import (
     CONNECTION_ERRORS,
     Stopper,
@@ -222,9 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = argv[0]
     env = Env()
-    configure_logging(
-        env.str("LOG_LEVEL", "INFO"), env.choice("LOG_FORMAT", "json", ("json", "text"))
-    )
+    configure_logging_from_env(env)
     engine = make_engine(database_url(env, app.upper(), app), pool_size=2, max_overflow=0)
     relay = Relay(f"{app}_relay", outbox_model(app), engine, BrokerSettings.from_env(env))
     return relay.run()

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.config import Env, database_url, exit_on_config_error
 from common.db import make_engine
 from common.events import AUTH_EVENTS, Envelope, InvalidMessage, emit
-from common.logging import configure_logging
+from common.logging import configure_logging_from_env
 from user_app import profiles
 from user_app.models import OutboxEvent, ProcessedMessage
 from workers.broker import USER_QUEUE
@@ -76,9 +76,7 @@ def build_consumer(env: Env) -> Consumer:
 def main() -> int:
     """Entry point: consume until SIGTERM."""
     env = Env()
-    configure_logging(
-        env.str("LOG_LEVEL", "INFO"), env.choice("LOG_FORMAT", "json", ("json", "text"))
-    )
+    configure_logging_from_env(env)
     return build_consumer(env).run()
 
 
