@@ -64,7 +64,7 @@ class Users(MethodView):
     @login_required(role=ADMIN)
     @blp.arguments(UserQuerySchema, location="query")
     @blp.response(200, ProfileSchema(many=True))
-    @blp.paginate()
+    @blp.paginate(page_size=20, max_page_size=100)
     def get(self, query, pagination_parameters):
         """List profiles, oldest first, optionally searched (``q``) and filtered (``is_active``)."""
         total, page = profiles.search_profiles(
