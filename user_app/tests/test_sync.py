@@ -1,0 +1,274 @@
+"""The sync the user worker applies, and the revocation state it leaves for tokens."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from user_app import profiles
+from user_app.models import PendingRevocation, Profile, Tombstone
+from user_app.profiles import InvalidEventData
+from user_app.tests.conftest import bearer
+
+ME = "/api/v1/users/me"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def created_data(user_id: str, **overrides) -> dict:
+    data = {
+        "user_id": user_id,
+        "action": "created",
+        "email": "Ada@Example.com",
+        "username": "ada",
+        "roles": ["user"],
+        "is_active": True,
+        "created_at": T0.isoformat(),
+    }
+    data.update(overrides)
+    return data
+
+
+# -- created ----------------------------------------------------------------------
+
+
+def test_created_makes_a_profile(db_session):
+    user_id = str(uuid.uuid4())
+    profile = profiles.apply_user_created(db_session, created_data(user_id), T0)
+    db_session.commit()
+    assert profile.id == user_id
+    assert (profile.email, profile.username, profile.roles) == ("ada@example.com", "ada", ["user"])
+
+
+def test_created_twice_is_the_same_profile(db_session):
+    user_id = str(uuid.uuid4())
+    profiles.apply_user_created(db_session, created_data(user_id), T0)
+    profiles.apply_user_created(db_session, created_data(user_id), T0)
+    db_session.commit()
+    assert db_session.query(Profile).filter_by(id=user_id).count() == 1
+
+
+def test_created_merges_into_a_profile_made_by_the_first_request(client, signer, db_session):
+    user_id = str(uuid.uuid4())
+    headers = bearer(signer.token(user_id, email="old@example.com", username="old"))
+    client.patch(ME, json={"display_name": "Mine", "bio": "Hello"}, headers=headers)
+    profile = profiles.apply_user_created(
+        db_session, created_data(user_id, roles=["user", "beta"]), profiles.utcnow()
+    )
+    db_session.commit()
+    assert (profile.email, profile.username) == ("ada@example.com", "ada")
+    assert profile.roles == ["user", "beta"]
+    assert (profile.display_name, profile.bio) == ("Mine", "Hello")
+
+
+def test_created_does_not_undo_a_later_admin_decision(client, signer, admin, db_session):
+    user_id = str(uuid.uuid4())
+    client.get(ME, headers=bearer(signer.token(user_id)))
+    sent_at = profiles.utcnow() - timedelta(seconds=5)
+    client.patch(
+        f"/api/v1/users/{user_id}", json={"is_active": False, "roles": ["mod"]}, headers=admin[0]
+    )
+    profile = profiles.apply_user_created(db_session, created_data(user_id), sent_at)
+    db_session.commit()
+    assert profile.is_active is False
+    assert profile.roles == ["mod"]
+
+
+def test_an_older_created_does_not_overwrite_a_newer_one(db_session):
+    user_id = str(uuid.uuid4())
+    profiles.apply_user_created(db_session, created_data(user_id, username="newer"), T0)
+    older = T0 - timedelta(minutes=1)
+    profile = profiles.apply_user_created(
+        db_session, created_data(user_id, username="older"), older
+    )
+    assert profile.username == "newer"
+
+
+def test_created_accepts_a_naive_timestamp_as_utc(db_session):
+    user_id = str(uuid.uuid4())
+    profile = profiles.apply_user_created(
+        db_session, created_data(user_id), datetime(2026, 1, 1, 12, 0)
+    )
+    db_session.commit()
+    assert profile.synced_at == datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"user_id": "nope"},
+        {"user_id": None},
+        {"email": ""},
+        {"email": None},
+        {"username": 7},
+        {"roles": "admin"},
+        {"roles": ["Bad Role"]},
+        {"roles": [f"r{i}" for i in range(21)]},
+        {"is_active": "yes"},
+        {"created_at": "last tuesday"},
+    ],
+)
+def test_created_with_bad_data_raises_invalid_event_data(db_session, overrides):
+    with pytest.raises(InvalidEventData):
+        data = {**created_data(str(uuid.uuid4())), **overrides}
+        profiles.apply_user_created(db_session, data, T0)
+
+
+@pytest.mark.parametrize("data", [None, [], "user"])
+def test_created_with_data_that_is_not_an_object(db_session, data):
+    with pytest.raises(InvalidEventData):
+        profiles.apply_user_created(db_session, data, T0)
+
+
+def test_created_with_a_timestamp_that_is_not_a_datetime(db_session):
+    with pytest.raises(InvalidEventData):
+        profiles.apply_user_created(db_session, created_data(str(uuid.uuid4())), "2026-01-01")
+
+
+# -- deleted and tombstones ---------------------------------------------------------
+
+
+def test_deleted_then_a_late_created_does_not_recreate_the_profile(db_session):
+    user_id = str(uuid.uuid4())
+    profiles.apply_user_created(db_session, created_data(user_id), T0)
+    profiles.apply_user_deleted(db_session, user_id, T0 + timedelta(minutes=1))
+    db_session.commit()
+    assert profiles.apply_user_created(db_session, created_data(user_id), T0) is None
+    db_session.commit()
+    assert db_session.get(Profile, user_id) is None
+    assert db_session.get(Tombstone, user_id) is not None
+
+
+def test_deleted_before_created_ever_arrived(db_session):
+    user_id = str(uuid.uuid4())
+    profiles.apply_user_deleted(db_session, user_id, T0)
+    assert profiles.apply_user_created(db_session, created_data(user_id), T0) is None
+
+
+def test_deleted_twice_is_harmless(db_session):
+    user_id = str(uuid.uuid4())
+    profiles.apply_user_created(db_session, created_data(user_id), T0)
+    profiles.apply_user_deleted(db_session, user_id, T0)
+    db_session.commit()
+    profiles.apply_user_deleted(db_session, user_id, T0)
+    db_session.commit()
+    assert db_session.query(Tombstone).filter_by(user_id=user_id).count() == 1
+
+
+def test_a_deleted_users_first_request_does_not_create_a_profile(client, signer, db_session):
+    user_id = str(uuid.uuid4())
+    profiles.apply_user_deleted(db_session, user_id, T0)
+    db_session.commit()
+    response = client.get(ME, headers=bearer(signer.token(user_id)))
+    assert response.status_code == 401
+    assert db_session.get(Profile, user_id) is None
+
+
+@pytest.mark.parametrize("user_id", [None, "x", 5])
+def test_deleted_with_a_bad_user_id(db_session, user_id):
+    with pytest.raises(InvalidEventData):
+        profiles.apply_user_deleted(db_session, user_id, T0)
+
+
+def test_sessions_revoked_for_a_deleted_user_stores_nothing(db_session):
+    user_id = str(uuid.uuid4())
+    profiles.apply_user_deleted(db_session, user_id, T0)
+    profiles.apply_sessions_revoked(db_session, user_id, time.time())
+    db_session.commit()
+    assert db_session.get(PendingRevocation, user_id) is None
+
+
+# -- sessions_revoked and the tokens it kills -----------------------------------------
+
+
+def revoke(db_session, user_id: str, revoked_before: float) -> None:
+    profiles.apply_sessions_revoked(db_session, user_id, revoked_before)
+    db_session.commit()
+
+
+def status_with_iat(client, signer, user_id: str, iat: float) -> int:
+    return client.get(ME, headers=bearer(signer.token(user_id, iat=iat))).status_code
+
+
+def test_a_token_issued_before_the_revocation_is_refused(client, signer, db_session):
+    user_id = str(uuid.uuid4())
+    client.get(ME, headers=bearer(signer.token(user_id)))
+    now = int(time.time())
+    revoke(db_session, user_id, now - 0.5)
+    response = client.get(ME, headers=bearer(signer.token(user_id, iat=now - 60)))
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+    assert response.get_json()["message"] == "Invalid token: token revoked"
+
+
+def test_revocation_edges_in_whole_and_fractional_seconds(client, signer, db_session):
+    """Refused when iat <= revoked_before: the same second as a logout-all is refused."""
+    user_id = str(uuid.uuid4())
+    now = int(time.time())
+    client.get(ME, headers=bearer(signer.token(user_id)))
+    revoke(db_session, user_id, now - 10 + 0.4)  # a logout-all at 0.4 s into second now-10
+    assert status_with_iat(client, signer, user_id, now - 11) == 401
+    assert status_with_iat(client, signer, user_id, now - 10) == 401  # same second
+    assert status_with_iat(client, signer, user_id, now - 9) == 200  # next second
+    revoke(db_session, user_id, now - 5)  # a whole-second revocation instant
+    assert status_with_iat(client, signer, user_id, now - 5) == 401
+    assert status_with_iat(client, signer, user_id, now - 4) == 200
+
+
+def test_the_latest_revocation_wins_whatever_the_order(client, signer, db_session):
+    user_id = str(uuid.uuid4())
+    now = int(time.time())
+    client.get(ME, headers=bearer(signer.token(user_id)))
+    revoke(db_session, user_id, now - 5)
+    revoke(db_session, user_id, now - 100)
+    assert db_session.get(Profile, user_id).tokens_valid_after == now - 5
+    assert status_with_iat(client, signer, user_id, now - 50) == 401
+
+
+def test_a_revocation_before_the_profile_exists_is_honoured(client, signer, db_session):
+    user_id = str(uuid.uuid4())
+    now = int(time.time())
+    revoke(db_session, user_id, now - 30)
+    revoke(db_session, user_id, now - 20)
+    revoke(db_session, user_id, now - 40)
+    assert status_with_iat(client, signer, user_id, now - 20) == 401
+    assert status_with_iat(client, signer, user_id, now - 19) == 200
+    db_session.expire_all()
+    assert db_session.get(Profile, user_id).tokens_valid_after == now - 20
+    assert db_session.get(PendingRevocation, user_id) is None
+    assert status_with_iat(client, signer, user_id, now - 20) == 401
+
+
+def test_a_pending_revocation_is_folded_into_the_synced_profile(db_session):
+    user_id = str(uuid.uuid4())
+    revoke(db_session, user_id, 1_700_000_000.25)
+    profile = profiles.apply_user_created(db_session, created_data(user_id), T0)
+    db_session.commit()
+    assert profile.tokens_valid_after == 1_700_000_000.25
+    assert db_session.get(PendingRevocation, user_id) is None
+
+
+@pytest.mark.parametrize("value", ["yesterday", None, True, -1, 0, math.inf, math.nan])
+def test_sessions_revoked_with_a_bad_timestamp(db_session, value):
+    with pytest.raises(InvalidEventData):
+        profiles.apply_sessions_revoked(db_session, str(uuid.uuid4()), value)
+
+
+def test_token_revoked_rule():
+    assert profiles.token_revoked(100, None) is False
+    assert profiles.token_revoked(100, 100.0) is True
+    assert profiles.token_revoked(100, 100.9) is True
+    assert profiles.token_revoked(101, 100.9) is False
+    assert profiles.token_revoked(100.5, 100.4) is False
+
+
+def test_an_inactive_synced_user_is_refused_with_403(client, signer, db_session):
+    user_id = str(uuid.uuid4())
+    profiles.apply_user_created(db_session, created_data(user_id, is_active=False), T0)
+    db_session.commit()
+    response = client.get(ME, headers=bearer(signer.token(user_id)))
+    assert response.status_code == 403
+    assert response.get_json()["message"] == "Account disabled"
