@@ -1,0 +1,78 @@
+"""``flask --app auth_app keys ...`` and ``flask --app auth_app users ...``."""
+
+from __future__ import annotations
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from auth_app import accounts
+from auth_app.components import components
+from common.keys import generate_key_pair, rotate_key_pair
+
+keys_cli = AppGroup("keys", help="Manage the RS256 signing keys.")
+users_cli = AppGroup("users", help="Manage accounts.")
+
+
+def _key_paths():
+    config = current_app.config
+    if config.get("JWT_PRIVATE_KEY"):
+        raise click.ClickException(
+            "JWT_PRIVATE_KEY is set: the key comes from the environment, not from files"
+        )
+    return config["PRIVATE_KEY_PATH"], config["PUBLIC_KEY_PATH"]
+
+
+@keys_cli.command("generate")
+def generate_keys() -> None:
+    """Create the signing key pair unless it exists."""
+    private_path, public_path = _key_paths()
+    kid = generate_key_pair(private_path, public_path)
+    if kid is None:
+        click.echo(f"Key pair already exists at {private_path}; nothing to do.")
+    else:
+        click.echo(f"Generated key pair {kid} at {private_path} and {public_path}.")
+
+
+@keys_cli.command("rotate")
+def rotate_keys() -> None:
+    """Make a new signing key active; the old public key stays published until its tokens expire."""
+    private_path, public_path = _key_paths()
+    if not public_path.exists():
+        raise click.ClickException(
+            f"No key pair at {public_path}; run `flask --app auth_app keys generate` first"
+        )
+    config = current_app.config
+    retain = config["ACCESS_TOKEN_EXPIRE_MINUTES"] * 60 + config["JWT_LEEWAY_SECONDS"]
+    old_kid, new_kid = rotate_key_pair(private_path, public_path, retain_seconds=retain)
+    click.echo(f"Rotated signing key {old_kid} -> {new_kid}; {old_kid} stays trusted {retain}s.")
+
+
+def _set_role(email: str, role: str, grant: bool) -> None:
+    session = current_app.extensions["database"].sessionmaker()
+    try:
+        user = accounts.set_role(session, components().revocation, email, role, grant=grant)
+        session.commit()
+    except accounts.InvalidRole as error:
+        raise click.BadParameter(str(error), param_hint="ROLE") from None
+    except accounts.UnknownAccount:
+        raise click.ClickException(f"No account with email {email}") from None
+    finally:
+        session.close()
+    click.echo(f"{user.email} now has roles: {', '.join(user.roles)}")
+
+
+@users_cli.command("grant-role")
+@click.argument("email")
+@click.argument("role")
+def grant_role(email: str, role: str) -> None:
+    """Give the account with EMAIL the role ROLE."""
+    _set_role(email, role, grant=True)
+
+
+@users_cli.command("revoke-role")
+@click.argument("email")
+@click.argument("role")
+def revoke_role(email: str, role: str) -> None:
+    """Take ROLE from the account with EMAIL; its sessions end so no token keeps the role."""
+    _set_role(email, role, grant=False)

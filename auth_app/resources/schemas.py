@@ -1,0 +1,112 @@
+"""Request and response bodies of the auth endpoints."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from auth_app.passwords import MAX_PASSWORD_LENGTH
+
+USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
+_password = validate.Length(max=MAX_PASSWORD_LENGTH)
+
+
+class RegisterSchema(Schema):
+    """A new account."""
+
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+    username = fields.String(
+        required=True,
+        validate=validate.Regexp(USERNAME_PATTERN, error="3-32 of A-Z a-z 0-9 _ . -"),
+    )
+    password = fields.String(required=True, load_only=True, validate=_password)
+
+
+class LoginSchema(Schema):
+    """Credentials: a password and exactly one of email or username."""
+
+    email = fields.String(validate=validate.Length(min=1, max=254))
+    username = fields.String(validate=validate.Length(min=1, max=254))
+    password = fields.String(required=True, load_only=True, validate=_password)
+
+    @validates_schema
+    def _one_identifier(self, data, **_kwargs):
+        if ("email" in data) == ("username" in data):
+            raise ValidationError("Give exactly one of email or username.", "_schema")
+
+
+class RefreshSchema(Schema):
+    """A refresh token to exchange."""
+
+    refresh_token = fields.String(required=True, load_only=True, validate=validate.Length(max=512))
+
+
+class LogoutSchema(Schema):
+    """Optionally, the refresh token of the session being closed."""
+
+    refresh_token = fields.String(load_only=True, validate=validate.Length(max=512))
+
+
+class PasswordChangeSchema(Schema):
+    """The current password and the new one."""
+
+    current_password = fields.String(required=True, load_only=True, validate=_password)
+    new_password = fields.String(required=True, load_only=True, validate=_password)
+
+
+class DeleteAccountSchema(Schema):
+    """The password, to confirm deletion."""
+
+    password = fields.String(required=True, load_only=True, validate=_password)
+
+
+class IntrospectSchema(Schema):
+    """Any token (RFC 7662)."""
+
+    token = fields.String(required=True, load_only=True)
+    token_type_hint = fields.String(load_only=True)
+
+
+class UserSchema(Schema):
+    """An account as clients see it."""
+
+    id = fields.String(dump_only=True)
+    email = fields.String(dump_only=True)
+    username = fields.String(dump_only=True)
+    roles = fields.List(fields.String(), dump_only=True)
+    is_active = fields.Boolean(dump_only=True)
+    created_at = fields.DateTime(dump_only=True)
+
+
+class TokenPairSchema(Schema):
+    """An access token and a refresh token."""
+
+    access_token = fields.String(required=True)
+    refresh_token = fields.String(required=True)
+    token_type = fields.String(required=True, metadata={"example": "Bearer"})
+    expires_in = fields.Integer(required=True)
+    refresh_expires_in = fields.Integer(required=True)
+
+
+class IntrospectionSchema(Schema):
+    """RFC 7662 answer: ``active`` and, for a live access token, its claims."""
+
+    active = fields.Boolean(required=True)
+    token_type = fields.String()
+    iss = fields.String()
+    aud = fields.Raw()
+    sub = fields.String()
+    client_id = fields.String()
+    exp = fields.Integer()
+    iat = fields.Integer()
+    nbf = fields.Integer()
+    jti = fields.String()
+    sid = fields.String()
+    roles = fields.List(fields.String())
+    email = fields.String()
+    username = fields.String()
+
+
+class JwksSchema(Schema):
+    """RFC 7517 key set."""
+
+    keys = fields.List(fields.Dict(), required=True)
