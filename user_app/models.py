@@ -38,7 +38,7 @@ class Profile(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
-    # Epoch seconds: access tokens with iat <= this value are refused.
+    # Epoch seconds: access tokens with iat < this value are refused.
     tokens_valid_after: Mapped[float | None] = mapped_column(Double)
     # occurred_at of the last `created` sync merged into this row.
     synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -79,15 +79,16 @@ def access_state(session: Session, user_id: str) -> AccessState:
 def token_revoked(iat: float, tokens_valid_after: float | None) -> bool:
     """Whether a token issued at ``iat`` predates the user's last session revocation.
 
-    The rule: a token is refused when ``iat <= tokens_valid_after``. Access
-    tokens carry whole-second ``iat`` values, so a token issued in the same
-    second as a logout-all (before or after it, nobody can tell) is refused;
-    for whole seconds this is exactly ``iat <= floor(revoked_before)``. A token
-    is accepted only when its ``iat`` is strictly after the revocation instant,
-    so the auth service must give tokens it issues after a revocation an
-    ``iat`` greater than the ``revoked_before`` it published.
+    The rule, shared with the auth service: a token is refused when
+    ``iat < revoked_before``. The auth service publishes ``revoked_before`` as
+    the whole second after the revocation instant (``floor(now) + 1``) and
+    never issues that user a token with an ``iat`` below it, so a token issued
+    earlier in the same second as a logout-all (``iat == floor(now)``) is
+    refused while the pair issued right after it (``iat == revoked_before``) is
+    accepted. Should a fractional value arrive, the same comparison refuses
+    every whole-second ``iat`` up to and including the revocation's own second.
     """
-    return tokens_valid_after is not None and iat <= tokens_valid_after
+    return tokens_valid_after is not None and iat < tokens_valid_after
 
 
 def _fold_pending_revocation(session: Session, profile: Profile) -> None:

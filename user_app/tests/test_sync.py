@@ -204,16 +204,23 @@ def test_a_token_issued_before_the_revocation_is_refused(client, signer, db_sess
     assert response.get_json()["message"] == "Invalid token: token revoked"
 
 
-def test_revocation_edges_in_whole_and_fractional_seconds(client, signer, db_session):
-    """Refused when iat <= revoked_before: the same second as a logout-all is refused."""
+def test_revocation_edges_as_the_auth_service_publishes_them(client, signer, db_session):
+    """revoked_before is the whole second after a logout-all: older iats die, it and later live."""
     user_id = str(uuid.uuid4())
     now = int(time.time())
     client.get(ME, headers=bearer(signer.token(user_id)))
-    revoke(db_session, user_id, now - 10 + 0.4)  # a logout-all at 0.4 s into second now-10
-    assert status_with_iat(client, signer, user_id, now - 11) == 401
-    assert status_with_iat(client, signer, user_id, now - 10) == 401  # same second
-    assert status_with_iat(client, signer, user_id, now - 9) == 200  # next second
-    revoke(db_session, user_id, now - 5)  # a whole-second revocation instant
+    revoke(db_session, user_id, now - 10)  # a logout-all during second now-11
+    assert status_with_iat(client, signer, user_id, now - 12) == 401
+    assert status_with_iat(client, signer, user_id, now - 11) == 401  # same second as it
+    assert status_with_iat(client, signer, user_id, now - 10) == 200  # the pair issued after it
+    assert status_with_iat(client, signer, user_id, now - 9) == 200
+
+
+def test_a_fractional_revocation_refuses_its_own_second(client, signer, db_session):
+    user_id = str(uuid.uuid4())
+    now = int(time.time())
+    client.get(ME, headers=bearer(signer.token(user_id)))
+    revoke(db_session, user_id, now - 5 + 0.4)
     assert status_with_iat(client, signer, user_id, now - 5) == 401
     assert status_with_iat(client, signer, user_id, now - 4) == 200
 
@@ -226,6 +233,7 @@ def test_the_latest_revocation_wins_whatever_the_order(client, signer, db_sessio
     revoke(db_session, user_id, now - 100)
     assert db_session.get(Profile, user_id).tokens_valid_after == now - 5
     assert status_with_iat(client, signer, user_id, now - 50) == 401
+    assert status_with_iat(client, signer, user_id, now - 6) == 401
 
 
 def test_a_revocation_before_the_profile_exists_is_honoured(client, signer, db_session):
@@ -234,12 +242,12 @@ def test_a_revocation_before_the_profile_exists_is_honoured(client, signer, db_s
     revoke(db_session, user_id, now - 30)
     revoke(db_session, user_id, now - 20)
     revoke(db_session, user_id, now - 40)
-    assert status_with_iat(client, signer, user_id, now - 20) == 401
-    assert status_with_iat(client, signer, user_id, now - 19) == 200
+    assert status_with_iat(client, signer, user_id, now - 21) == 401
+    assert status_with_iat(client, signer, user_id, now - 20) == 200
     db_session.expire_all()
     assert db_session.get(Profile, user_id).tokens_valid_after == now - 20
     assert db_session.get(PendingRevocation, user_id) is None
-    assert status_with_iat(client, signer, user_id, now - 20) == 401
+    assert status_with_iat(client, signer, user_id, now - 21) == 401
 
 
 def test_a_pending_revocation_is_folded_into_the_synced_profile(db_session):
@@ -259,10 +267,10 @@ def test_sessions_revoked_with_a_bad_timestamp(db_session, value):
 
 def test_token_revoked_rule():
     assert profiles.token_revoked(100, None) is False
-    assert profiles.token_revoked(100, 100.0) is True
-    assert profiles.token_revoked(100, 100.9) is True
-    assert profiles.token_revoked(101, 100.9) is False
-    assert profiles.token_revoked(100.5, 100.4) is False
+    assert profiles.token_revoked(99, 100) is True
+    assert profiles.token_revoked(100, 100) is False
+    assert profiles.token_revoked(100, 100.4) is True
+    assert profiles.token_revoked(101, 100.4) is False
 
 
 def test_an_inactive_synced_user_is_refused_with_403(client, signer, db_session):
