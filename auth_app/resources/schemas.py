@@ -37,13 +37,13 @@ class LoginSchema(Schema):
 class RefreshSchema(Schema):
     """A refresh token to exchange."""
 
-    refresh_token = fields.String(required=True, load_only=True, validate=validate.Length(max=512))
+    refresh_token = fields.String(required=True, load_only=True)
 
 
 class LogoutSchema(Schema):
     """Optionally, the refresh token of the session being closed."""
 
-    refresh_token = fields.String(load_only=True, validate=validate.Length(max=512))
+    refresh_token = fields.String(load_only=True)
 
 
 class PasswordChangeSchema(Schema):

@@ -1,0 +1,239 @@
+"""Refresh rotation, reuse detection, logout, logout-all, password change and deletion."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import jwt
+from sqlalchemy import select, update
+
+from auth_app.models import LoginSession, RefreshToken, User
+from auth_app.sessions import hash_token
+from auth_app.tests.conftest import PASSWORD, Accounts, bearer
+from common.db import utcnow
+from common.testing import fresh_postgres_database
+
+REFRESH = "/api/v1/auth/refresh"
+ME = "/api/v1/auth/me"
+NEW_PASSWORD = "Correct-Horse-Battery-9"
+
+
+def refresh(client, token):
+    return client.post(REFRESH, json={"refresh_token": token})
+
+
+def me(client, tokens):
+    return client.get(ME, headers=bearer(tokens["access_token"])).status_code
+
+
+def db(app):
+    return app.extensions["database"].sessionmaker()
+
+
+def test_refresh_returns_a_new_pair_and_the_old_refresh_token_dies(client, accounts):
+    _, tokens = accounts.register_and_login()
+    response = refresh(client, tokens["refresh_token"])
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    fresh = response.json
+    assert fresh["refresh_token"] != tokens["refresh_token"]
+    assert me(client, fresh) == 200
+    old_sid = jwt.decode(tokens["access_token"], options={"verify_signature": False})["sid"]
+    new_sid = jwt.decode(fresh["access_token"], options={"verify_signature": False})["sid"]
+    assert old_sid == new_sid
+
+
+def test_only_a_hash_of_the_refresh_token_is_stored(app, accounts):
+    _, tokens = accounts.register_and_login()
+    session = db(app)
+    stored = session.scalars(select(RefreshToken.token_hash)).all()
+    session.close()
+    assert tokens["refresh_token"] not in stored
+    assert hash_token(tokens["refresh_token"]) in stored
+
+
+def test_reusing_a_rotated_refresh_token_revokes_the_whole_family(client, accounts):
+    _, first = accounts.register_and_login()
+    second = refresh(client, first["refresh_token"]).json
+    other_session = accounts.login(accounts_email(client, second))
+    reuse = refresh(client, first["refresh_token"])
+    assert reuse.status_code == 401
+    assert reuse.json["message"] == "Invalid refresh token"
+    # The newer refresh token and that session's access token are dead ...
+    assert refresh(client, second["refresh_token"]).status_code == 401
+    assert me(client, second) == 401
+    # ... while another session of the same user lives on.
+    assert me(client, other_session) == 200
+    assert refresh(client, other_session["refresh_token"]).status_code == 200
+
+
+def accounts_email(client, tokens):
+    return client.get(ME, headers=bearer(tokens["access_token"])).json["email"]
+
+
+def test_unknown_empty_and_expired_refresh_tokens_are_401(app, client, accounts):
+    _, tokens = accounts.register_and_login()
+    assert refresh(client, "nonsense").status_code == 401
+    assert refresh(client, "").status_code == 401
+    assert refresh(client, "x" * 5000).status_code == 401
+    assert client.post(REFRESH, json={}).status_code == 422
+    session = db(app)
+    session.execute(update(RefreshToken).values(expires_at=utcnow() - timedelta(seconds=1)))
+    session.commit()
+    session.close()
+    assert refresh(client, tokens["refresh_token"]).status_code == 401
+
+
+def test_refresh_fails_for_a_disabled_or_deleted_user(app, client, accounts):
+    user, tokens = accounts.register_and_login()
+    session = db(app)
+    session.execute(update(User).where(User.id == user["id"]).values(is_active=False))
+    session.commit()
+    assert refresh(client, tokens["refresh_token"]).status_code == 401
+    session.execute(update(User).where(User.id == user["id"]).values(is_active=True))
+    session.commit()
+    assert me(client, tokens) == 200
+    session.close()
+    assert (
+        client.delete(ME, headers=bearer(tokens["access_token"]), json={"password": PASSWORD})
+    ).status_code == 204
+    assert refresh(client, tokens["refresh_token"]).status_code == 401
+
+
+def test_logout_kills_the_access_token_and_its_session_at_once(client, accounts):
+    user, tokens = accounts.register_and_login()
+    other = accounts.login(user["email"])
+    response = client.post("/api/v1/auth/logout", headers=bearer(tokens["access_token"]))
+    assert response.status_code == 204
+    assert me(client, tokens) == 401
+    assert refresh(client, tokens["refresh_token"]).status_code == 401
+    assert me(client, other) == 200
+
+
+def test_logout_with_a_refresh_token_of_this_user_revokes_that_session_too(client, accounts):
+    user, tokens = accounts.register_and_login()
+    other = accounts.login(user["email"])
+    response = client.post(
+        "/api/v1/auth/logout",
+        headers=bearer(tokens["access_token"]),
+        json={"refresh_token": other["refresh_token"]},
+    )
+    assert response.status_code == 204
+    assert refresh(client, other["refresh_token"]).status_code == 401
+
+
+def test_logout_with_someone_elses_refresh_token_is_refused(client, accounts):
+    _, mine = accounts.register_and_login()
+    _, theirs = accounts.register_and_login()
+    response = client.post(
+        "/api/v1/auth/logout",
+        headers=bearer(mine["access_token"]),
+        json={"refresh_token": theirs["refresh_token"]},
+    )
+    assert response.status_code == 400
+    assert refresh(client, theirs["refresh_token"]).status_code == 200
+    assert me(client, mine) == 200
+
+
+def test_logout_all_kills_every_session_including_same_second_tokens(client, accounts):
+    user, first = accounts.register_and_login()
+    second = accounts.login(user["email"])
+    response = client.post("/api/v1/auth/logout-all", headers=bearer(first["access_token"]))
+    assert response.status_code == 204
+    for tokens in (first, second):
+        assert me(client, tokens) == 401
+        assert refresh(client, tokens["refresh_token"]).status_code == 401
+    # A login right after, within the same second, works.
+    again = accounts.login(user["email"])
+    assert me(client, again) == 200
+    assert refresh(client, again["refresh_token"]).status_code == 200
+
+
+def test_password_change_returns_a_working_pair_and_kills_the_rest(client, accounts):
+    user, old = accounts.register_and_login()
+    other = accounts.login(user["email"])
+    response = client.post(
+        "/api/v1/auth/password",
+        headers=bearer(old["access_token"]),
+        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+    )
+    assert response.status_code == 200
+    new = response.json
+    assert response.headers["Pragma"] == "no-cache"
+    assert me(client, new) == 200
+    for tokens in (old, other):
+        assert me(client, tokens) == 401
+        assert refresh(client, tokens["refresh_token"]).status_code == 401
+    assert refresh(client, new["refresh_token"]).status_code == 200
+    assert accounts.login(user["email"], NEW_PASSWORD)
+    wrong = client.post("/api/v1/auth/login", json={"email": user["email"], "password": PASSWORD})
+    assert wrong.status_code == 401
+
+
+def test_password_change_refuses_a_wrong_current_or_weak_new_password(client, accounts):
+    _, tokens = accounts.register_and_login()
+    headers = bearer(tokens["access_token"])
+    wrong = client.post(
+        "/api/v1/auth/password",
+        headers=headers,
+        json={"current_password": "not-it-at-all", "new_password": NEW_PASSWORD},
+    )
+    assert wrong.status_code == 401
+    weak = client.post(
+        "/api/v1/auth/password",
+        headers=headers,
+        json={"current_password": PASSWORD, "new_password": "password1"},
+    )
+    assert weak.status_code == 422
+    assert "new_password" in weak.json["errors"]["json"]
+    assert me(client, tokens) == 200
+
+
+def test_delete_me_frees_the_names_and_kills_every_token(app, client, accounts):
+    user, tokens = accounts.register_and_login("zoe")
+    wrong = client.delete(
+        ME, headers=bearer(tokens["access_token"]), json={"password": "nope-nope"}
+    )
+    assert wrong.status_code == 401
+    response = client.delete(
+        ME, headers=bearer(tokens["access_token"]), json={"password": PASSWORD}
+    )
+    assert response.status_code == 204
+    assert me(client, tokens) == 401
+    assert refresh(client, tokens["refresh_token"]).status_code == 401
+    session = db(app)
+    assert session.get(User, user["id"]) is None
+    assert session.scalars(select(LoginSession)).all() == []
+    session.close()
+    again = accounts.register("zoe")
+    assert again["id"] != user["id"]
+
+
+def test_get_me_returns_the_user(client, accounts):
+    user, tokens = accounts.register_and_login()
+    response = client.get(ME, headers=bearer(tokens["access_token"]))
+    assert response.json == user
+
+
+def test_two_concurrent_refreshes_with_one_token_exactly_one_wins(make_app):
+    with fresh_postgres_database("auth") as url:
+        app = make_app(DATABASE_URL=url)
+        try:
+            _, tokens = Accounts(app.test_client()).register_and_login()
+            barrier = threading.Barrier(2)
+            statuses = []
+
+            def attempt():
+                client = app.test_client()
+                barrier.wait()
+                statuses.append(refresh(client, tokens["refresh_token"]).status_code)
+
+            threads = [threading.Thread(target=attempt) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sorted(statuses) == [200, 401]
+        finally:
+            app.extensions["database"].engine.dispose()
