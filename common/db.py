@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from flask import Flask, current_app, g
 from flask_smorest import abort
 from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import StaticPool
@@ -79,8 +79,13 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
             cursor.close()
 
         return engine
+    # SQLAlchemy 2.1 reads a bare postgresql:// (the form platforms and compose
+    # hand out) as psycopg 3, which is not installed; the project ships psycopg2.
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
     return create_engine(
-        url,
+        parsed,
         pool_pre_ping=True,
         pool_size=pool_size,
         max_overflow=max_overflow,
