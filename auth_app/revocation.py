@@ -19,6 +19,14 @@ import time
 
 import redis
 
+# Atomically: cut-off = max(now + 1, previous + 1), so it only ever moves forward.
+_RAISE_CUTOFF = """
+local previous = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cutoff = math.max(tonumber(ARGV[1]), previous + 1)
+redis.call('SET', KEYS[1], cutoff, 'EX', tonumber(ARGV[2]))
+return cutoff
+"""
+
 
 class RevocationStore:
     """Revoked jtis, revoked sessions and per-user cut-offs under one key prefix."""
@@ -49,17 +57,15 @@ class RevocationStore:
         self.client.set(self._sid(sid), "1", ex=self.ttl)
 
     def revoke_user(self, user_id: str) -> int:
-        """Kill every access token of the user issued until now; return the cut-off epoch."""
-        cutoff = math.floor(time.time()) + 1
-        key = self._cutoff(user_id)
-        pipe = self.client.pipeline()
-        # Never move a cut-off backwards (two revocations in one second).
-        pipe.set(key, cutoff, ex=self.ttl, get=True)
-        previous = pipe.execute()[0]
-        if previous is not None and int(previous) > cutoff:
-            self.client.set(key, int(previous), ex=self.ttl)
-            return int(previous)
-        return cutoff
+        """Kill every access token of the user issued until now; return the cut-off epoch.
+
+        A second revocation in the same second moves the cut-off one further,
+        past the tokens issued right after the first (they carry its value).
+        """
+        cutoff = self.client.eval(
+            _RAISE_CUTOFF, 1, self._cutoff(user_id), math.floor(time.time()) + 1, self.ttl
+        )
+        return int(cutoff)
 
     def issued_at_for(self, user_id: str, now: float | None = None) -> int:
         """The ``iat`` for a token issued now: never below the user's cut-off."""

@@ -1,0 +1,167 @@
+"""Domain functions the auth worker calls, and the stores, without HTTP."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.orm import sessionmaker
+
+from auth_app import accounts, sessions
+from auth_app.models import Base, LoginSession, User
+from auth_app.passwords import PasswordHasher
+from auth_app.revocation import RevocationStore
+from auth_app.tests.conftest import PASSWORD, bearer
+from common.db import make_engine, utcnow
+
+
+@pytest.fixture
+def store(redis_client, redis_prefix):
+    return RevocationStore(
+        redis_client, f"{redis_prefix}{uuid.uuid4().hex[:8]}:", access_ttl=900, leeway=10
+    )
+
+
+@pytest.fixture
+def db():
+    engine = make_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    session = sessionmaker(engine, expire_on_commit=False)()
+    yield session
+    session.close()
+    engine.dispose()
+
+
+@pytest.fixture
+def user(db):
+    account = accounts.register(
+        db,
+        PasswordHasher(4, "pepper"),
+        email="Worker@Example.com",
+        username="Worker",
+        password=PASSWORD,
+        min_length=8,
+    )
+    db.commit()
+    return account
+
+
+def test_mark_provisioned_sets_the_time_once(db, user):
+    first = utcnow()
+    assert accounts.mark_provisioned(db, user.id, first) is True
+    assert accounts.mark_provisioned(db, user.id, first + timedelta(seconds=5)) is True
+    assert db.get(User, user.id).provisioned_at == first
+    assert accounts.mark_provisioned(db, str(uuid.uuid4()), first) is False
+
+
+def test_admin_changes_apply_in_order_and_stale_ones_are_ignored(db, store, user):
+    now = utcnow()
+    assert accounts.apply_admin_changes(db, store, user.id, {"roles": ["admin", "user"]}, now)
+    assert db.get(User, user.id).roles == ["admin", "user"]
+    older = now - timedelta(seconds=1)
+    assert not accounts.apply_admin_changes(db, store, user.id, {"roles": ["user"]}, older)
+    assert not accounts.apply_admin_changes(db, store, user.id, {"roles": ["user"]}, now)
+    assert db.get(User, user.id).roles == ["admin", "user"]
+
+
+def test_deactivation_revokes_sessions_and_tokens(db, store, user):
+    sid, _ = sessions.start(db, user.id, utcnow(), timedelta(days=1))
+    issued = int(time.time())
+    later = utcnow() + timedelta(seconds=1)
+    assert accounts.apply_admin_changes(db, store, user.id, {"is_active": False}, later)
+    assert db.get(User, user.id).is_active is False
+    assert db.get(LoginSession, sid).revoked_at is not None
+    claims = {"jti": "j", "sid": sid, "sub": user.id, "iat": issued}
+    assert store.is_revoked(claims)
+    assert accounts.apply_admin_changes(
+        db, store, user.id, {"is_active": True}, later + timedelta(seconds=1)
+    )
+    assert db.get(User, user.id).is_active is True
+
+
+def test_admin_changes_that_can_never_apply_raise(db, store, user):
+    with pytest.raises(ValueError):
+        accounts.apply_admin_changes(db, store, user.id, {"is_active": "yes"}, utcnow())
+    with pytest.raises(ValueError):
+        accounts.apply_admin_changes(db, store, user.id, {"roles": "admin"}, utcnow())
+    with pytest.raises(ValueError):
+        accounts.apply_admin_changes(db, store, user.id, {"roles": ["Admin!"]}, utcnow())
+
+
+def test_admin_change_for_an_unknown_user_is_a_no_op(db, store):
+    assert not accounts.apply_admin_changes(db, store, "missing", {"roles": ["user"]}, utcnow())
+
+
+def test_deletion_from_the_user_service_removes_without_an_echo(db, store, user):
+    sessions.start(db, user.id, utcnow(), timedelta(days=1))
+    db.commit()
+    events_before = db.execute(Base.metadata.tables["outbox"].select()).all()
+    assert accounts.delete_account_from_user_service(db, store, user.id) is True
+    db.commit()
+    assert db.get(User, user.id) is None
+    assert db.execute(Base.metadata.tables["outbox"].select()).all() == events_before
+    assert accounts.delete_account_from_user_service(db, store, user.id) is False
+
+
+def test_a_stale_read_loses_the_conditional_rotation(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'race.db'}")
+    Base.metadata.create_all(engine)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    setup = factory()
+    owner = User(
+        email="r@example.com", username="r", username_key="r", password_hash="x", roles=["user"]
+    )
+    setup.add(owner)
+    setup.flush()
+    _, token = sessions.start(setup, owner.id, utcnow(), timedelta(days=1))
+    setup.commit()
+    slow, fast = factory(), factory()
+    assert sessions.find(slow, token)[0].rotated_at is None  # read before the other rotates
+    sessions.rotate(fast, token, utcnow(), timedelta(days=1))
+    fast.commit()
+    with pytest.raises(sessions.RefreshTokenReused):
+        sessions.rotate(slow, token, utcnow(), timedelta(days=1))
+    for session in (setup, slow, fast):
+        session.close()
+    engine.dispose()
+
+
+def test_revocations_in_one_second_each_kill_tokens_issued_between(store):
+    user_id = str(uuid.uuid4())
+    first = store.revoke_user(user_id)
+    issued = store.issued_at_for(user_id)
+    assert issued == first
+    second = store.revoke_user(user_id)
+    assert second > issued
+    assert store.is_revoked({"jti": "a", "sid": None, "sub": user_id, "iat": issued})
+    assert not store.is_revoked(
+        {"jti": "b", "sid": None, "sub": user_id, "iat": store.issued_at_for(user_id)}
+    )
+
+
+def test_password_change_right_after_logout_all_kills_the_login_between(client, accounts):
+    user, tokens = accounts.register_and_login()
+    assert (
+        client.post("/api/v1/auth/logout-all", headers=bearer(tokens["access_token"])).status_code
+        == 204
+    )
+    between = accounts.login(user["email"])
+    changed = client.post(
+        "/api/v1/auth/password",
+        headers=bearer(between["access_token"]),
+        json={"current_password": PASSWORD, "new_password": "Fresh-Horse-Staple-4"},
+    )
+    assert changed.status_code == 200
+    assert client.get("/api/v1/auth/me", headers=bearer(between["access_token"])).status_code == 401
+    assert (
+        client.get("/api/v1/auth/me", headers=bearer(changed.json["access_token"])).status_code
+        == 200
+    )
+
+
+def test_hasher_treats_a_malformed_hash_as_wrong_and_stale():
+    hasher = PasswordHasher(4, "pepper")
+    assert hasher.verify(PASSWORD, "not-a-bcrypt-hash") is False
+    assert hasher.needs_rehash("garbage") is True
