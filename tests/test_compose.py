@@ -353,6 +353,49 @@ def test_every_process_waits_for_the_servers_its_urls_name(base):
             assert host in services[name].get("depends_on", {}), f"{name} -> {host}"
 
 
+@pytest.mark.parametrize("variant", ["base", "merged"])
+def test_every_process_accepts_the_environment_compose_gives_it(variant, base, merged):
+    # A bad value would stop the container at start with a configuration error.
+    from auth_app.config import load_config as auth_config
+    from common.config import Env, database_url
+    from user_app.config import load_config as user_config
+    from workers.settings import BrokerSettings
+
+    services = {"base": base, "merged": merged}[variant]["services"]
+    auth = auth_config(environ=environment_of(services["auth"]))
+    assert auth["DATABASE_URL"].startswith("postgresql://auth:")
+    assert auth["REDIS_URL"] == "redis://redis:6379/0"
+    user = user_config(environ=environment_of(services["user"]))
+    assert user["DATABASE_URL"].startswith("postgresql://users:")
+    for name, prefix in [
+        ("auth_relay", "AUTH"),
+        ("auth_worker", "AUTH"),
+        ("user_relay", "USER"),
+        ("user_worker", "USER"),
+    ]:
+        env = Env(environment_of(services[name]))
+        assert database_url(env, prefix, prefix.lower()).startswith("postgresql://"), name
+        assert BrokerSettings.from_env(env).url.startswith("amqp://"), name
+
+
+def test_the_database_urls_compose_hands_out_use_the_installed_driver(base):
+    from common.db import make_engine
+
+    urls = {
+        value
+        for service in app_services(base).values()
+        for key, value in environment_of(service).items()
+        if key.endswith("DATABASE_URL")
+    }
+    assert len(urls) == 2
+    for url in urls:
+        engine = make_engine(url)  # builds the dialect and imports its driver; no connection
+        try:
+            assert engine.dialect.driver == "psycopg2"
+        finally:
+            engine.dispose()
+
+
 # --- networks ----------------------------------------------------------------
 
 
