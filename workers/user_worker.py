@@ -11,13 +11,15 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.config import Env, database_url, exit_on_config_error
+from common.config import Env, exit_on_config_error
 from common.db import make_engine
 from common.events import AUTH_EVENTS, Envelope, InvalidMessage, emit
 from common.logging import configure_logging_from_env
 from user_app import profiles
+from user_app.config import user_database_url
 from user_app.models import OutboxEvent, ProcessedMessage
 from workers.broker import USER_QUEUE
 from workers.consumer import Consumer
@@ -59,16 +61,15 @@ def handle_user_sync(envelope: Envelope, session: Session) -> None:
         raise InvalidMessage(str(error)) from None
 
 
-def build_consumer(env: Env) -> Consumer:
-    """The user worker's consumer, configured from ``env``."""
-    engine = make_engine(database_url(env, "USER", "user"), pool_size=2, max_overflow=2)
+def build_consumer(engine: Engine, settings: BrokerSettings) -> Consumer:
+    """The user worker's consumer over the user database ``engine``."""
     return Consumer(
         name="user_worker",
         queue=USER_QUEUE,
         handlers={"user.sync": handle_user_sync},
         sessions=sessionmaker(engine, expire_on_commit=False),
         processed_model=ProcessedMessage,
-        settings=BrokerSettings.from_env(env),
+        settings=settings,
     )
 
 
@@ -77,7 +78,8 @@ def main() -> int:
     """Entry point: consume until SIGTERM."""
     env = Env()
     configure_logging_from_env(env)
-    return build_consumer(env).run()
+    engine = make_engine(user_database_url(env.environ), pool_size=2, max_overflow=2)
+    return build_consumer(engine, BrokerSettings.from_env(env)).run()
 
 
 if __name__ == "__main__":
