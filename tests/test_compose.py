@@ -199,6 +199,97 @@ def app_services(config: dict) -> dict[str, dict]:
     return {name: s for name, s in config["services"].items() if "build" in s}
 
 
+# --- the checker itself follows Compose's rules ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "expected"),
+    [
+        ("${A:-d}", {}, "d"),
+        ("${A:-d}", {"A": ""}, "d"),
+        ("${A-d}", {"A": ""}, ""),
+        ("${A:-d}", {"A": "x"}, "x"),
+        ("${A:+on}|${B:+on}", {"A": "x"}, "on|"),
+        ("${A+on}", {"A": ""}, "on"),
+        ("$A-${A}", {"A": "x"}, "x-x"),
+        ("$$HOME", {"HOME": "x"}, "$HOME"),
+        ("${A?need}", {"A": ""}, ""),
+    ],
+)
+def test_interpolation_follows_compose(text, environ, expected):
+    assert interpolate(text, environ) == expected
+
+
+@pytest.mark.parametrize("text", ["${A:?set A}", "${A?set A}"])
+def test_interpolation_refuses_an_unset_required_variable(text):
+    with pytest.raises(UnsetVariable, match="set A"):
+        interpolate(text, {})
+
+
+def test_override_merge_follows_compose():
+    base = {
+        "name": "a",
+        "services": {
+            "s": {
+                "command": ["run", "--fast"],
+                "environment": ["A=1", "B=2", "EMPTY"],
+                "volumes": ["data:/data", {"type": "volume", "source": "k", "target": "/k"}],
+                "ports": ["80:80"],
+                "deploy": {"replicas": 1},
+            }
+        },
+        "volumes": {"data": None},
+    }
+    override = {
+        "name": "b",
+        "services": {
+            "s": {
+                "command": ["run"],
+                "environment": {"B": "3"},
+                "volumes": ["other:/data"],
+                "ports": ["80:80", "81:81"],
+                "deploy": {"restart_policy": {"condition": "any"}},
+            },
+            "t": {"image": "x"},
+        },
+        "volumes": {"other": None},
+    }
+
+    merged = merge_compose(base, override)
+
+    service = merged["services"]["s"]
+    assert service["command"] == ["run"]
+    assert environment_of(service) == {"A": "1", "B": "3", "EMPTY": ""}
+    assert service["volumes"] == ["other:/data", {"type": "volume", "source": "k", "target": "/k"}]
+    assert service["ports"] == ["80:80", "81:81"]
+    assert service["deploy"] == {"replicas": 1, "restart_policy": {"condition": "any"}}
+    assert merged["services"]["t"] == {"image": "x"}
+    assert merged["volumes"] == {"data": None, "other": None}
+    assert merged["name"] == "b"
+
+
+def test_a_service_without_networks_is_on_the_default_one():
+    assert networks_of({}) == {"default"}
+    assert networks_of({"network_mode": "none", "networks": ["a"]}) == set()
+    assert networks_of({"networks": {"a": {}, "b": None}}) == {"a", "b"}
+
+
+def test_dockerfile_parser_joins_continued_lines_and_skips_comments():
+    text = "# top\nFROM a AS one\nRUN x \\\n  # inside\n  && y\n\nFROM b\nUSER 1000\n"
+    assert dockerfile_stages(text) == [
+        [("FROM", "a AS one"), ("RUN", "x && y")],
+        [("FROM", "b"), ("USER", "1000")],
+    ]
+
+
+def test_dockerignore_matching_follows_docker():
+    assert ignored(["*.pem"], "a.pem") and not ignored(["*.pem"], "dir/a.pem")
+    assert ignored(["**/*.pem"], "dir/sub/a.pem")
+    assert ignored(["keys", "!keys/README.md"], "keys/a.pem")
+    assert not ignored(["keys", "!keys/README.md"], "keys/README.md")
+    assert ignored(["da?a"], "data/x")
+
+
 # --- the files are valid Compose ---------------------------------------------
 
 
