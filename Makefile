@@ -36,7 +36,7 @@ run: $(STAMP) preflight keys migrate
 test: $(STAMP)
 	rm -f .coverage .coverage.*
 	@set -e; for app in $(APPS); do \
-		if [ -d $$app/tests ]; then \
+		if [ -d $$app ]; then \
 			echo "== pytest $$app"; \
 			$(BIN)/python -m pytest $$app --cov --cov-append --cov-report= -q; \
 		fi; \
