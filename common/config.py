@@ -15,6 +15,10 @@ from urllib.parse import quote
 
 T = TypeVar("T")
 
+# gunicorn's APP_LOAD_ERROR: its arbiter stops instead of respawning a worker
+# that can never boot; any other caller just sees a non-zero exit.
+EXIT_CONFIG_ERROR = 4
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -27,7 +31,7 @@ def fail(error: ConfigError) -> NoReturn:
     """Stop the process with one line naming the bad variable, never a traceback."""
     sys.stderr.write(f"configuration error: {error}\n")
     sys.stderr.flush()
-    raise SystemExit(2)
+    raise SystemExit(EXIT_CONFIG_ERROR)
 
 
 def exit_on_config_error(func: Callable[..., T]) -> Callable[..., T]:

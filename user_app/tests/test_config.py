@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ConfigError
+from common.config import EXIT_CONFIG_ERROR, ConfigError
 from common.jwks import JWKSKeySet
 from common.keys import KeyRing, rotate_key_pair, thumbprint
 from common.testing import write_test_keys
@@ -72,7 +72,7 @@ def test_a_missing_key_file_stops_the_app_with_one_line(tmp_path, monkeypatch, c
     monkeypatch.delenv("AUTH_JWKS_URL", raising=False)
     with pytest.raises(SystemExit) as exit_info:
         create_app({"DATABASE_URL": "sqlite://"})
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == EXIT_CONFIG_ERROR
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("configuration error: PUBLIC_KEY_PATH")
