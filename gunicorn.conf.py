@@ -39,3 +39,19 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Do not tell clients which server this is.
 proc_name = "authsvc"
 
+
+
+
+def on_starting(server):
+    """Build the app once in the master, before any worker forks, then drop it.
+
+    A bad or missing setting or key then stops gunicorn with the app's
+    one-line message, instead of every worker failing on its own. Building
+    the app opens no connection, so nothing is shared across the fork.
+    """
+    import importlib
+
+    package = (getattr(server.app, "app_uri", "") or "").split(":", 1)[0]
+    if package in ("auth_app", "user_app"):
+        app = importlib.import_module(package).create_app()
+        app.extensions["database"].engine.dispose()
