@@ -30,8 +30,10 @@ migrate: $(STAMP)
 preflight: $(STAMP)
 	$(BIN)/python -m common.preflight
 
+# The Procfile names bare commands (gunicorn, python): honcho must find the
+# virtual environment's, not whatever else is first on PATH.
 run: $(STAMP) preflight keys migrate
-	$(BIN)/honcho start $(RUN_PROCESSES)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start $(RUN_PROCESSES)
 
 test: $(STAMP)
 	rm -f .coverage .coverage.*
