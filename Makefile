@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APPS   := auth_app user_app workers tests
+APPS   := common auth_app user_app workers tests
 RUN_PROCESSES ?= $(shell grep -oE "^[a-z0-9_-]+:" Procfile | tr -d : | grep -vxE "release|web")
 
 .PHONY: run test venv keys migrate preflight lint bench clean
