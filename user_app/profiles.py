@@ -302,9 +302,10 @@ def _created_fields(data: dict) -> dict:
     created_at = data.get("created_at")
     if created_at is not None:
         try:
-            datetime.fromisoformat(created_at)
+            created = datetime.fromisoformat(created_at)
         except (TypeError, ValueError):
             raise InvalidEventData("created_at must be an ISO 8601 timestamp") from None
+        fields["created_at"] = created.replace(tzinfo=UTC) if created.tzinfo is None else created
     return fields
 
 
@@ -322,17 +323,22 @@ def apply_user_created(session: Session, data: dict, occurred_at: datetime) -> P
     if is_deleted(session, user_id):
         return None
     now = utcnow()
+    # The account's own creation time, when the sync carries it: the profile
+    # of a user is as old as the user, however late the sync arrived.
+    created_at = fields.pop("created_at", None)
     _insert_ignoring_conflict(
         session,
         Profile,
         id=user_id,
-        created_at=now,
+        created_at=created_at or now,
         updated_at=now,
         synced_at=occurred,
         **fields,
     )
     profile = session.get(Profile, user_id, populate_existing=True)
     _fold_pending_revocation(session, profile)
+    if created_at is not None and created_at < profile.created_at:
+        profile.created_at = created_at
     if profile.synced_at is None or profile.synced_at <= occurred:
         profile.email = fields["email"]
         profile.username = fields["username"]

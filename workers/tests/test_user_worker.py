@@ -95,3 +95,15 @@ def test_sessions_revoked_sets_tokens_valid_after_and_keeps_the_latest(session):
 def test_invalid_data_is_refused_as_a_message_that_can_never_apply(session, envelope):
     with pytest.raises(InvalidMessage):
         handle_user_sync(envelope, session)
+
+
+def test_the_profile_is_as_old_as_the_account_even_when_made_first_from_a_token(session):
+    from user_app.profiles import ensure_profile
+
+    user_id = str(uuid.uuid4())
+    claims = {"sub": user_id, "email": "ada@example.com", "username": "ada", "roles": ["user"]}
+    ensure_profile(session, claims)
+    session.flush()
+    handle_user_sync(created(user_id, created_at="2026-11-26T06:00:00+00:00"), session)
+    session.commit()
+    assert session.get(Profile, user_id).created_at.isoformat() == "2026-11-26T06:00:00+00:00"
