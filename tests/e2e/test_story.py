@@ -1,0 +1,300 @@
+"""The whole story, over HTTP only, against the Procfile's real processes.
+
+Each test is one chapter a user or an operator lives through; what crosses
+from one service to the other travels as events through the relays and
+workers, so those steps poll until the other side has caught up.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import jwt
+import pytest
+
+from tests.e2e.client import call, poll
+
+API_AUTH = "/api/v1/auth"
+API_USERS = "/api/v1/users"
+
+
+class Story:
+    """The user-level actions of the story; remembers every secret it handled."""
+
+    def __init__(self, system):
+        self.system = system
+        self.secrets: set[str] = set()
+
+    def auth(self, method, path, **kwargs):
+        """A request to the auth service."""
+        return call(method, self.system.auth + path, **kwargs)
+
+    def user(self, method, path, **kwargs):
+        """A request to the user service."""
+        return call(method, self.system.user + path, **kwargs)
+
+    def register(self, label: str) -> dict:
+        """Register a new person; returns the user object with its ``password`` added."""
+        name = f"{label}_{uuid.uuid4().hex[:8]}"
+        password = f"correct-Horse-{uuid.uuid4().hex[:12]}"
+        self.secrets.add(password)
+        answer = self.auth(
+            "POST",
+            f"{API_AUTH}/register",
+            json={"email": f"{name}@example.com", "username": name, "password": password},
+        )
+        assert answer.status == 201, answer.json
+        return {**answer.json, "password": password}
+
+    def try_login(self, person: dict):
+        """Log in by email; returns the answer whatever it is."""
+        answer = self.auth(
+            "POST",
+            f"{API_AUTH}/login",
+            json={"email": person["email"], "password": person["password"]},
+        )
+        if answer.status == 200:
+            self.secrets.update((answer.json["access_token"], answer.json["refresh_token"]))
+        return answer
+
+    def login(self, person: dict) -> dict:
+        """Log in by email; returns the token pair."""
+        answer = self.try_login(person)
+        assert answer.status == 200, answer.json
+        return answer.json
+
+    def refresh(self, refresh_token: str):
+        """Trade a refresh token for a new pair; returns the answer."""
+        answer = self.auth("POST", f"{API_AUTH}/refresh", json={"refresh_token": refresh_token})
+        if answer.status == 200:
+            self.secrets.update((answer.json["access_token"], answer.json["refresh_token"]))
+        return answer
+
+
+@pytest.fixture(scope="module")
+def story(system):
+    """The story's actions against the running system."""
+    return Story(system)
+
+
+@pytest.fixture(scope="module")
+def admin(story, system) -> dict:
+    """An administrator made the operator's way: register, then ``users grant-role`` on the CLI."""
+    person = story.register("admin")
+    before = story.login(person)["access_token"]
+    assert story.user("GET", API_USERS, token=before).status == 403
+    granted = system.cli("users", "grant-role", person["email"], "admin")
+    assert granted.returncode == 0, granted.stderr
+    assert "admin" in granted.stdout
+    pair = story.login(person)
+    assert "admin" in jwt.decode(pair["access_token"], options={"verify_signature": False})["roles"]
+    return {**person, "token": pair["access_token"]}
+
+
+def profile_synced(story: Story, admin: dict, user_id: str):
+    """Wait until the user service holds the profile (its ``created`` sync was consumed)."""
+    answer = poll(
+        lambda: story.user("GET", f"{API_USERS}/{user_id}", token=admin["token"]),
+        lambda a: a.status == 200,
+    )
+    assert answer.status == 200, answer.json
+    return answer.json
+
+
+def test_a_new_user_registers_logs_in_and_is_known_at_both_services(story):
+    alice = story.register("alice")
+    pair = story.login(alice)
+    assert pair["token_type"] == "Bearer"
+
+    me = story.auth("GET", f"{API_AUTH}/me", token=pair["access_token"])
+    assert me.status == 200
+    assert me.json["id"] == alice["id"] and me.json["roles"] == ["user"]
+
+    profile = story.user("GET", f"{API_USERS}/me", token=pair["access_token"])
+    assert profile.status == 200
+    assert (profile.json["id"], profile.json["email"]) == (alice["id"], alice["email"])
+    assert profile.headers["x-request-id"]
+
+
+def test_a_profile_edit_is_kept_by_the_user_service(story):
+    bob = story.register("bob")
+    token = story.login(bob)["access_token"]
+
+    edited = story.user(
+        "PATCH",
+        f"{API_USERS}/me",
+        json={"display_name": "Bob B.", "bio": "Builds things."},
+        token=token,
+    )
+    assert edited.status == 200
+    again = story.user("GET", f"{API_USERS}/me", token=token)
+    assert (again.json["display_name"], again.json["bio"]) == ("Bob B.", "Builds things.")
+    assert story.user("PATCH", f"{API_USERS}/me", json={"role": "x"}, token=token).status == 422
+
+
+def test_refresh_rotates_and_a_reused_refresh_token_kills_its_whole_family(story):
+    carol = story.register("carol")
+    first = story.login(carol)
+
+    second = story.refresh(first["refresh_token"])
+    assert second.status == 200
+    assert second.json["refresh_token"] != first["refresh_token"]
+    assert story.auth("GET", f"{API_AUTH}/me", token=second.json["access_token"]).status == 200
+
+    reused = story.refresh(first["refresh_token"])
+    assert reused.status == 401
+    assert story.refresh(second.json["refresh_token"]).status == 401
+    assert story.auth("GET", f"{API_AUTH}/me", token=second.json["access_token"]).status == 401
+    # Another login is a new family, untouched by the revoked one.
+    assert story.refresh(story.login(carol)["refresh_token"]).status == 200
+
+
+def test_an_administrator_lists_and_searches_users(story, admin):
+    dora = story.register("dora")
+    profile_synced(story, admin, dora["id"])
+
+    page = story.user("GET", f"{API_USERS}?page=1&page_size=1", token=admin["token"])
+    assert page.status == 200
+    assert len(page.json) == 1
+    pagination = json.loads(page.headers["x-pagination"])
+    assert pagination["total"] >= 2 and pagination["page"] == 1
+
+    found = story.user("GET", f"{API_USERS}?q={dora['username']}", token=admin["token"])
+    assert found.status == 200
+    assert [p["id"] for p in found.json] == [dora["id"]]
+
+    own = story.login(dora)["access_token"]
+    assert story.user("GET", API_USERS, token=own).status == 403
+
+
+def test_deactivation_at_the_user_service_reaches_the_auth_service(story, admin):
+    erin = story.register("erin")
+    token = story.login(erin)["access_token"]
+    profile_synced(story, admin, erin["id"])
+
+    changed = story.user(
+        "PATCH", f"{API_USERS}/{erin['id']}", json={"is_active": False}, token=admin["token"]
+    )
+    assert changed.status == 200 and changed.json["is_active"] is False
+    assert story.user("GET", f"{API_USERS}/me", token=token).status == 403
+
+    login = poll(lambda: story.try_login(erin), lambda a: a.status == 403)
+    assert login.status == 403, login.json
+
+    story.user("PATCH", f"{API_USERS}/{erin['id']}", json={"is_active": True}, token=admin["token"])
+    assert poll(lambda: story.try_login(erin), lambda a: a.status == 200).status == 200
+
+
+def test_logout_all_reaches_the_user_service(story):
+    fred = story.register("fred")
+    token = story.login(fred)["access_token"]
+    assert story.user("GET", f"{API_USERS}/me", token=token).status == 200
+
+    assert story.auth("POST", f"{API_AUTH}/logout-all", token=token).status == 204
+    assert story.auth("GET", f"{API_AUTH}/me", token=token).status == 401
+
+    refused = poll(
+        lambda: story.user("GET", f"{API_USERS}/me", token=token), lambda a: a.status == 401
+    )
+    assert refused.status == 401, refused.json
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+    fresh = story.login(fred)["access_token"]
+    assert story.user("GET", f"{API_USERS}/me", token=fresh).status == 200
+
+
+def test_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key(
+    story, system, admin
+):
+    gina = story.register("gina")
+    old_token = story.login(gina)["access_token"]
+    old_kid = jwt.get_unverified_header(old_token)["kid"]
+    assert [k["kid"] for k in story.auth("GET", "/.well-known/jwks.json").json["keys"]] == [old_kid]
+
+    rotated = system.cli("keys", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+
+    # Running processes pick the new key files up within seconds.
+    jwks = poll(
+        lambda: story.auth("GET", "/.well-known/jwks.json"),
+        lambda a: len(a.json["keys"]) == 2,
+    )
+    kids = {k["kid"] for k in jwks.json["keys"]}
+    assert len(kids) == 2 and old_kid in kids
+    new_token = poll(
+        lambda: story.login(gina)["access_token"],
+        lambda t: jwt.get_unverified_header(t)["kid"] != old_kid,
+    )
+    new_kid = jwt.get_unverified_header(new_token)["kid"]
+    assert new_kid in kids - {old_kid}
+
+    for token in (old_token, admin["token"]):
+        assert story.auth("GET", f"{API_AUTH}/me", token=token).status == 200
+        assert story.user("GET", f"{API_USERS}/me", token=token).status == 200
+    assert story.auth("GET", f"{API_AUTH}/me", token=new_token).status == 200
+    at_user = poll(
+        lambda: story.user("GET", f"{API_USERS}/me", token=new_token), lambda a: a.status == 200
+    )
+    assert at_user.status == 200, at_user.json
+
+
+def test_deleting_the_account_at_the_auth_service_removes_the_profile(story, admin):
+    hank = story.register("hank")
+    token = story.login(hank)["access_token"]
+    profile_synced(story, admin, hank["id"])
+
+    deleted = story.auth(
+        "DELETE", f"{API_AUTH}/me", json={"password": hank["password"]}, token=token
+    )
+    assert deleted.status == 204
+    assert story.try_login(hank).status == 401
+
+    gone = poll(
+        lambda: story.user("GET", f"{API_USERS}/{hank['id']}", token=admin["token"]),
+        lambda a: a.status == 404,
+    )
+    assert gone.status == 404, gone.json
+    assert story.user("GET", f"{API_USERS}/me", token=token).status == 401
+
+
+def test_an_administrator_deleting_a_user_at_the_user_service_removes_the_account(story, admin):
+    ivan = story.register("ivan")
+    token = story.login(ivan)["access_token"]
+    profile_synced(story, admin, ivan["id"])
+
+    assert story.user("DELETE", f"{API_USERS}/{ivan['id']}", token=admin["token"]).status == 204
+    assert story.user("GET", f"{API_USERS}/me", token=token).status == 401
+
+    refused = poll(lambda: story.try_login(ivan), lambda a: a.status == 401)
+    assert refused.status == 401, refused.json
+    assert refused.json["message"] == "Invalid credentials"
+    assert story.auth("GET", f"{API_AUTH}/me", token=token).status == 401
+
+
+def test_request_ids_reach_the_services_logs(story, process_log):
+    request_id = f"e2e-{uuid.uuid4().hex}"
+    answer = story.auth("GET", "/health", headers={"X-Request-ID": request_id})
+    assert answer.headers["x-request-id"] == request_id
+    logged = poll(lambda: process_log.read_text(errors="replace"), lambda text: request_id in text)
+    assert request_id in logged
+
+
+def test_ctrl_c_stops_every_process_it_started(system, e2e_durations):
+    pids = system.started_pids()
+    assert len(pids) == 6, pids
+
+    stopping = time.monotonic()
+    left = system.stop()
+    e2e_durations["stop"] = time.monotonic() - stopping
+
+    assert left == {}
+    assert system.honcho.returncode is not None
+
+
+def test_no_password_or_token_reaches_the_logs(story, process_log):
+    assert len(story.secrets) > 10
+    text = process_log.read_text(errors="replace")
+    assert "started (pid=" in text  # the log is the processes' output
+    leaked = [secret[:12] + "..." for secret in story.secrets if secret in text]
+    assert leaked == []
