@@ -59,6 +59,24 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class _RedactExceptions:
+    """Mask secrets in tracebacks too: an exception message may quote a token."""
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        return redact(super().formatException(ei))
+
+
+class TextFormatter(logging.Formatter):
+    """Plain text lines for humans, masked whole (a cached traceback included)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class JsonLineFormatter(_RedactExceptions, JsonFormatter):
+    """One JSON object per line for log pipelines."""
+
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
@@ -75,13 +93,13 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler._service_handler = True  # type: ignore[attr-defined]
     if fmt == "json":
         handler.setFormatter(
-            JsonFormatter(
+            JsonLineFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(message_id)s",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             )
         )
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter(TEXT_FORMAT))
     handler.addFilter(ContextFilter())
     root.addHandler(handler)
     root.setLevel(level.upper())
