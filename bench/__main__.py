@@ -1,0 +1,430 @@
+"""``python -m bench [--smoke]``: run every benchmark once, print the table, write JSON.
+
+A full run takes several minutes (3 runs of 10 s per HTTP figure, 10,000-row
+drains, 200 registrations, a 2-minute memory run). ``--smoke`` runs one short
+iteration of each, at bcrypt cost 4, to prove the harness still works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import ceilings, memory, pipeline
+from bench.load import require_wrk, run_wrk
+from bench.report import Row, render_table
+from bench.system import BenchError, System, gunicorn_concurrency
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ISSUER = "http://127.0.0.1:5001"
+AUDIENCE = "user-service"
+READ_CONNECTIONS = 16
+MAX_LOAD = 1.5
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything one run measures."""
+
+    name: str
+    runs: int
+    seconds: float
+    bcrypt_rounds: int
+    drain_rows: int
+    register_samples: int
+    growth_seconds: float
+    verify_number: int
+    wait_for_quiet: float
+
+
+FULL = Plan("full", 3, 10, 12, 10_000, 200, 120, 2000, 600)
+SMOKE = Plan("smoke", 1, 1, 4, 100, 5, 3, 50, 0)
+
+
+def wait_for_quiet(limit: float) -> float:
+    """Wait (up to ``limit`` s) until the 1-minute load is at most MAX_LOAD; return the load."""
+    deadline = time.monotonic() + limit
+    load = os.getloadavg()[0]
+    while load > MAX_LOAD and time.monotonic() < deadline:
+        print(f"load {load:.2f} > {MAX_LOAD}: waiting for other jobs to finish", flush=True)
+        time.sleep(15)
+        load = os.getloadavg()[0]
+    return load
+
+
+def median(values) -> float:
+    """The median of a non-empty sequence."""
+    return statistics.median(list(values))
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile of ``values``."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def say(message: str) -> None:
+    """Progress on stderr, so the table on stdout stays clean."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def run(plan: Plan) -> dict:
+    """Start the system, measure everything, return the results document."""
+    require_wrk()
+    load_before = wait_for_quiet(plan.wait_for_quiet)
+    workers, threads = gunicorn_concurrency()
+    concurrency = workers * threads
+    rows: list[Row] = []
+    raw: dict = {
+        "plan": plan.name,
+        "cores": os.cpu_count(),
+        "load_before": round(load_before, 2),
+        "gunicorn": {"workers": workers, "threads": threads, "worker_class": "gthread"},
+    }
+    with System(bcrypt_rounds=plan.bcrypt_rounds) as system:
+        say("starting gunicorn (auth, user, bare view), relays and workers")
+        auth = system.start_web("auth", "auth_app:create_app()")
+        user = system.start_web("user", "user_app:create_app()")
+        bare = system.start_web("bare", "bench.bare_app:create_app()")
+        for name, module in (
+            ("auth_relay", ("workers.relay", "auth")),
+            ("user_relay", ("workers.relay", "user")),
+            ("auth_worker", ("workers.auth_worker",)),
+            ("user_worker", ("workers.user_worker",)),
+        ):
+            system.start_worker(name, *module)
+        auth_engine, user_engine = make_engines(system)
+        try:
+            name = "bench" + uuid.uuid4().hex[:8]
+            account = pipeline.register(auth, name)
+            # The workers declare their queues as they start; until then the relay
+            # holds rows back. The first profile arriving means the loop is up.
+            pipeline.wait_for_profile(user_engine, account["id"], timeout=60)
+            token = pipeline.login(auth, account["email"])["access_token"]
+            measure_login(plan, system, auth, account, concurrency, rows, raw)
+            measure_reads(plan, user, bare, token, rows, raw)
+            measure_verify(plan, system, token, rows, raw)
+            say("register -> profile latency")
+            to_profile, to_provisioned = pipeline.register_latencies(
+                auth, user_engine, auth_engine, plan.register_samples
+            )
+            raw["register_latency_ms"] = {
+                "to_profile": [round(v * 1000, 2) for v in to_profile],
+                "to_provisioned": [round(v * 1000, 2) for v in to_provisioned],
+            }
+            for label, values in (("profile", to_profile), ("provisioned_at", to_provisioned)):
+                rows.append(
+                    Row(
+                        f"register -> {label} p50 (ms)",
+                        percentile(values, 0.5) * 1000,
+                        target=50,
+                        lower_is_better=True,
+                    )
+                )
+                rows.append(
+                    Row(
+                        f"register -> {label} p99 (ms)",
+                        percentile(values, 0.99) * 1000,
+                        target=200,
+                        lower_is_better=True,
+                    )
+                )
+            measure_pipeline(plan, system, auth_engine, user_engine, rows, raw)
+            system.check_alive()
+            measure_memory(plan, system, auth, token, rows, raw)
+            system.check_alive()
+        finally:
+            auth_engine.dispose()
+            user_engine.dispose()
+    raw["load_after"] = round(os.getloadavg()[0], 2)
+    raw["rows"] = [row.to_dict() for row in rows]
+    return raw
+
+
+def make_engines(system: System):
+    """Engines on the two databases, for filling the outbox and watching the results."""
+    from common.db import make_engine
+
+    return make_engine(system.auth_db), make_engine(system.user_db)
+
+
+def measure_login(plan, system, auth, account, concurrency, rows, raw) -> None:
+    """Login throughput against bcrypt alone on as many threads as gunicorn serves with."""
+    say(f"bcrypt ceiling on {concurrency} threads, then login load")
+    body = json.dumps({"email": account["email"], "password": pipeline.PASSWORD})
+    ceiling_runs, login_runs = [], []
+    for _ in range(plan.runs):
+        ceiling_runs.append(ceilings.bcrypt_rate(plan.bcrypt_rounds, concurrency, plan.seconds))
+        login_runs.append(
+            run_wrk(
+                auth + "/api/v1/auth/login",
+                "post_json.lua",
+                body,
+                seconds=plan.seconds,
+                connections=concurrency,
+            )
+        )
+    check_errors("login", login_runs)
+    raw["login"] = {
+        "bcrypt_ceiling_runs": [round(r, 2) for r in ceiling_runs],
+        "runs": [r.to_dict() for r in login_runs],
+    }
+    rows.append(
+        Row(
+            f"login req/s (bcrypt {plan.bcrypt_rounds})",
+            median(r.rate for r in login_runs),
+            ceiling=median(ceiling_runs),
+            ratio_target=0.90,
+        )
+    )
+
+
+def measure_reads(plan, user, bare, token, rows, raw) -> None:
+    """GET /users/me against the bare view, runs interleaved so drift hits both alike."""
+    say("authenticated reads: bare view and user service, interleaved")
+    bare_runs, ours_runs = [], []
+    for _ in range(plan.runs):
+        for target, runs in ((bare, bare_runs), (user, ours_runs)):
+            runs.append(
+                run_wrk(
+                    target + "/api/v1/users/me",
+                    "bearer.lua",
+                    token,
+                    seconds=plan.seconds,
+                    connections=READ_CONNECTIONS,
+                )
+            )
+    check_errors("bare view", bare_runs)
+    check_errors("GET /users/me", ours_runs)
+    raw["read"] = {
+        "bare_runs": [r.to_dict() for r in bare_runs],
+        "runs": [r.to_dict() for r in ours_runs],
+    }
+    rows.append(
+        Row(
+            "GET /users/me req/s",
+            median(r.rate for r in ours_runs),
+            ceiling=median(r.rate for r in bare_runs),
+            ratio_target=0.80,
+        )
+    )
+    rows.append(
+        Row(
+            f"GET /users/me p99 ms @{READ_CONNECTIONS}",
+            median(r.p99_ms for r in ours_runs),
+            ceiling=median(r.p99_ms for r in bare_runs),
+            target=20,
+            lower_is_better=True,
+        )
+    )
+
+
+def measure_verify(plan, system, token, rows, raw) -> None:
+    """Token verification: our verifier against PyJWT alone; PEM parses per request."""
+    say("token verification cost and PEM parses per request")
+    bare_cost, ours_cost = ceilings.verify_costs(
+        token, system.public_key, ISSUER, AUDIENCE, plan.verify_number
+    )
+    requests = max(20, plan.verify_number // 10)
+    parses_at_start, parses_per_request = pem_parses(system, token, requests)
+    raw["verify"] = {
+        "pyjwt_us": round(bare_cost * 1e6, 1),
+        "token_verifier_us": round(ours_cost * 1e6, 1),
+        "pem_parses_building_app": parses_at_start,
+        "pem_parses_in_requests": parses_per_request,
+        "requests": requests,
+    }
+    rows.append(
+        Row(
+            "TokenVerifier.verify (us)",
+            ours_cost * 1e6,
+            ceiling=bare_cost * 1e6,
+            ratio_target=1.5,
+            lower_is_better=True,
+        )
+    )
+    rows.append(
+        Row(
+            f"PEM parses in {requests} requests",
+            parses_per_request,
+            target=0,
+            lower_is_better=True,
+        )
+    )
+
+
+def pem_parses(system: System, token: str, requests: int) -> tuple[int, int]:
+    """PEM parses while building the user app, and while it serves ``requests`` reads."""
+    from user_app import create_app
+
+    with ceilings.count_pem_loads() as counter:
+        app = create_app(
+            {
+                "DATABASE_URL": system.user_db,
+                "PUBLIC_KEY_PATH": system.public_key,
+                "LOG_LEVEL": "WARNING",
+                "LOG_FORMAT": "text",
+            }
+        )
+        at_start = counter["calls"]
+        client = app.test_client()
+        headers = {"Authorization": f"Bearer {token}"}
+        for _ in range(requests):
+            response = client.get("/api/v1/users/me", headers=headers)
+            if response.status_code != 200:
+                raise BenchError(f"in-process GET /users/me answered {response.status_code}")
+        in_requests = counter["calls"] - at_start
+    app.extensions["database"].engine.dispose()
+    return at_start, in_requests
+
+
+def measure_pipeline(plan, system, auth_engine, user_engine, rows, raw) -> None:
+    """Raw pika publish+consume ceiling, then the relay and worker draining the outbox."""
+    say(f"raw pika ceiling, then {plan.drain_rows}-row outbox drains")
+    pipeline.fill_outbox(auth_engine, 1)  # one real row: the size of the messages
+    body = pipeline.sample_body(auth_engine)
+    ceiling_runs, drains = [], []
+    for _ in range(plan.runs):
+        ceiling_runs.append(
+            ceilings.pika_round_trip(
+                system.amqp_url, body, plan.drain_rows, queue_type="quorum", prefetch=20
+            )
+        )
+        drains.append(pipeline.drain(auth_engine, user_engine, plan.drain_rows))
+    raw["pipeline"] = {
+        "message_bytes": len(body),
+        "raw_runs": [
+            {"publish": round(p, 1), "consume": round(c, 1), "sequential": round(s, 1)}
+            for p, c, s in ceiling_runs
+        ],
+        "drains": [d.to_dict() for d in drains],
+    }
+    rows.append(
+        Row(
+            f"pipeline drain msg/s ({plan.drain_rows})",
+            median(d.rate for d in drains),
+            ceiling=median(p for p, _c, _s in ceiling_runs),
+            ratio_target=0.5,
+        )
+    )
+    rows.append(
+        Row(
+            "  relay alone msg/s",
+            median(d.count / d.published_s for d in drains),
+            ceiling=median(p for p, _c, _s in ceiling_runs),
+        )
+    )
+    rows.append(Row("  raw consume+ack msg/s", median(c for _p, c, _s in ceiling_runs)))
+
+
+def system_pids(system: System) -> dict[str, int]:
+    """The pid of every process the system started, by name."""
+    return {name: process.pid for name, process in system.processes.items()}
+
+
+def measure_memory(plan, system, auth, token, rows, raw) -> None:
+    """RSS of every process after the load, then a run watching for growth."""
+    after_load = memory.snapshot(system_pids(system))
+    raw["rss_after_load_mb"] = after_load
+    web_workers = {k: v for k, v in after_load.items() if "/worker-" in k}
+    rows.append(
+        Row(
+            "largest web worker RSS (MB)",
+            max(web_workers.values()),
+            target=60,
+            lower_is_better=True,
+        )
+    )
+    say(f"memory growth run: {plan.growth_seconds:.0f}s of load, workers never recycled")
+    # gunicorn.conf.py recycles a worker every ~10,000 requests, which would hide a
+    # leak: this instance turns that off so growth, if any, shows.
+    steady = system.start_web("user_steady", "user_app:create_app()", "--max-requests", "0")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def load():
+        try:
+            run_wrk(
+                steady + "/api/v1/users/me",
+                "bearer.lua",
+                token,
+                seconds=plan.growth_seconds,
+                connections=8,
+            )
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+        finally:
+            stop.set()
+
+    def registrations():
+        # A trickle of sign-ups keeps the auth service, relays and workers busy too.
+        while not stop.is_set():
+            try:
+                pipeline.register(auth, "g" + uuid.uuid4().hex[:12])
+            except BaseException as error:  # noqa: BLE001
+                errors.append(error)
+                return
+            stop.wait(1.0)
+
+    loader = threading.Thread(target=load)
+    trickle = threading.Thread(target=registrations)
+    loader.start()
+    trickle.start()
+    interval = max(0.25, plan.growth_seconds / 60)
+    samples = []
+    while not stop.is_set():
+        samples.append(memory.snapshot(system_pids(system)))
+        stop.wait(interval)
+    loader.join()
+    trickle.join()
+    if errors:
+        raise BenchError(f"memory run failed: {errors[0]}")
+    grown = memory.growth(samples)
+    raw["rss_growth_mb"] = grown
+    raw["rss_samples"] = len(samples)
+    raw["rss_end_mb"] = samples[-1]
+    if grown:
+        name, most = max(grown.items(), key=lambda item: item[1])
+        rows.append(Row(f"most RSS growth (MB, {name})", most, target=2, lower_is_better=True))
+
+
+def check_errors(what: str, runs) -> None:
+    """A load run that saw errors measured the wrong thing: stop with a clear message."""
+    bad = [r for r in runs if r.errors or not r.requests]
+    if bad:
+        raise BenchError(f"{what}: {bad[0].errors} errors in {bad[0].requests} requests")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -m bench [--smoke] [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="one short iteration of each")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
+    args = parser.parse_args(argv)
+    plan = SMOKE if args.smoke else FULL
+    started = time.monotonic()
+    try:
+        results = run(plan)
+    except BenchError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 1
+    results["seconds"] = round(time.monotonic() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{plan.name}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(render_table(results))
+    print(f"\nresults written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

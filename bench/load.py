@@ -1,0 +1,98 @@
+"""HTTP load with ``wrk`` (Debian's package), its Lua scripts in ``bench/lua``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.system import BenchError
+
+LUA_DIR = Path(__file__).resolve().parent / "lua"
+MARKER = "BENCH_JSON "
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """One bounded wrk run."""
+
+    requests: int
+    seconds: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rate(self) -> float:
+        """Requests per second."""
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict:
+        """The run as JSON-ready figures."""
+        return {**asdict(self), "rate": round(self.rate, 2)}
+
+
+def require_wrk() -> str:
+    """The path of ``wrk``, or BenchError saying how to install it."""
+    path = shutil.which("wrk")
+    if path is None:
+        raise BenchError(
+            "wrk is not installed: `apt-get install -y wrk` (as root), "
+            "or run `make bench`, which installs it when it can"
+        )
+    return path
+
+
+def parse_wrk_output(text: str) -> LoadResult:
+    """Read the line bench/lua/report.lua writes at the end of a run."""
+    for line in text.splitlines():
+        if line.startswith(MARKER):
+            raw = json.loads(line[len(MARKER) :])
+            errors = sum(raw[k] for k in ("non_2xx", "connect", "read", "write", "timeout"))
+            return LoadResult(
+                requests=raw["requests"],
+                seconds=raw["duration_us"] / 1e6,
+                errors=errors,
+                p50_ms=raw["p50_us"] / 1000,
+                p99_ms=raw["p99_us"] / 1000,
+            )
+    raise BenchError(f"wrk printed no result line:\n{text[-2000:]}")
+
+
+def run_wrk(
+    url: str,
+    script: str,
+    arg: str,
+    *,
+    seconds: float,
+    connections: int,
+    threads: int = 2,
+) -> LoadResult:
+    """Load ``url`` for ``seconds`` with ``connections`` kept-alive connections."""
+    wrk = require_wrk()
+    threads = max(1, min(threads, connections))
+    result = subprocess.run(
+        [
+            wrk,
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(LUA_DIR / script),
+            url,
+            "--",
+            arg,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_LUA_DIR": str(LUA_DIR)},
+        timeout=seconds + 60,
+    )
+    if result.returncode != 0:
+        raise BenchError(f"wrk failed: {result.stderr[-2000:]}")
+    return parse_wrk_output(result.stdout)
