@@ -213,7 +213,9 @@ def system(tmp_path_factory, e2e_durations):
         assert generated.returncode == 0, generated.stderr
         run_release(parse_procfile((ROOT / "Procfile").read_text()), env)
         system.log_file = open(system.log_path, "w")  # noqa: SIM115 - closed in the finally below
-        command = [str(BIN / "honcho"), "start", "-f", str(ROOT / "Procfile"), *PROCESSES]
+        # A developer's .env must not point this run at other servers.
+        command = [str(BIN / "honcho"), "start", "-f", str(ROOT / "Procfile"), "-e", os.devnull]
+        command.extend(PROCESSES)
         system.log_file.write(f"$ {shlex.join(command)}\n")
         system.log_file.flush()
         system.honcho = subprocess.Popen(
