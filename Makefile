@@ -45,6 +45,13 @@ test: $(STAMP)
 	done
 	$(BIN)/coverage report --fail-under=90
 
+# Slow and noisy, so not part of `make test` (tests/test_bench_smoke.py is).
+# wrk comes from Debian's packages; installed here when missing and root.
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y wrk; } || \
+		{ echo "bench needs wrk: sudo apt-get install -y wrk"; exit 1; }
+	$(BIN)/python -m bench
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 

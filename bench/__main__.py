@@ -28,6 +28,9 @@ ISSUER = "http://127.0.0.1:5001"
 AUDIENCE = "user-service"
 READ_CONNECTIONS = 16
 MAX_LOAD = 1.5
+# What every web worker imports before serving a request: a process with only
+# these loaded shows the resident floor no app code can go below.
+IMPORT_FLOOR = ["flask", "flask_smorest", "sqlalchemy", "psycopg2", "jwt", "cryptography.x509"]
 
 
 @dataclass(frozen=True)
@@ -334,16 +337,24 @@ def system_pids(system: System) -> dict[str, int]:
 def measure_memory(plan, system, auth, token, rows, raw) -> None:
     """RSS of every process after the load, then a run watching for growth."""
     after_load = memory.snapshot(system_pids(system))
+    private = memory.private_snapshot(system_pids(system))
     raw["rss_after_load_mb"] = after_load
-    web_workers = {k: v for k, v in after_load.items() if "/worker-" in k}
-    rows.append(
-        Row(
-            "largest web worker RSS (MB)",
-            max(web_workers.values()),
-            target=60,
-            lower_is_better=True,
+    raw["private_after_load_mb"] = private
+    floor = memory.import_floor_mb(IMPORT_FLOOR)
+    raw["import_floor_mb"] = {"modules": IMPORT_FLOOR, "rss": round(floor, 1)}
+    for service in ("auth", "user", "bare"):
+        workers = {k: v for k, v in after_load.items() if k.startswith(f"{service}/worker-")}
+        rows.append(
+            Row(
+                f"{service} web worker RSS (MB, max)",
+                max(workers.values()),
+                target=None if service == "bare" else 60,
+                lower_is_better=True,
+            )
         )
-    )
+        own = [v for k, v in private.items() if k.startswith(f"{service}/worker-")]
+        rows.append(Row(f"  {service} worker private/USS (MB, max)", max(own)))
+    rows.append(Row("  import floor RSS (MB)", floor))
     say(f"memory growth run: {plan.growth_seconds:.0f}s of load, workers never recycled")
     # gunicorn.conf.py recycles a worker every ~10,000 requests, which would hide a
     # leak: this instance turns that off so growth, if any, shows.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -16,6 +18,37 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def private_mb(pid: int) -> float | None:
+    """Memory only ``pid`` holds (USS: private clean + dirty pages) in MiB, or None.
+
+    A gunicorn worker shares the pages its master loaded before the fork; this
+    is what one more worker really costs.
+    """
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    kib = sum(
+        int(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith(("Private_Clean:", "Private_Dirty:"))
+    )
+    return kib / 1024
+
+
+def import_floor_mb(modules: list[str]) -> float:
+    """RSS of a fresh interpreter that only imports ``modules``: the floor any worker pays."""
+    code = (
+        f"import {', '.join(modules)}\n"
+        "import re\n"
+        "print(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return int(result.stdout.strip()) / 1024
 
 
 def children(pid: int) -> list[int]:
@@ -33,6 +66,17 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(entry))
     return sorted(found)
+
+
+def private_snapshot(processes: dict[str, int]) -> dict[str, float]:
+    """Like :func:`snapshot`, but each process's private memory (USS) in MiB."""
+    sizes: dict[str, float] = {}
+    for name, pid in processes.items():
+        for key, member in [(name, pid)] + [(f"{name}/worker-{c}", c) for c in children(pid)]:
+            size = private_mb(member)
+            if size is not None:
+                sizes[key] = round(size, 1)
+    return sizes
 
 
 def snapshot(processes: dict[str, int]) -> dict[str, float]:

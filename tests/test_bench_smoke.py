@@ -1,0 +1,72 @@
+"""One short iteration of every benchmark, so ``make bench`` cannot rot unnoticed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from bench.__main__ import main
+from common.testing import check_redis
+
+
+def test_bench_smoke_run_measures_every_figure(tmp_path, capsys):
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is not installed. Install it with: apt-get install -y wrk", pytrace=False)
+    check_redis()
+
+    assert main(["--smoke", "--out", str(tmp_path)]) == 0
+
+    [written] = tmp_path.glob("smoke-*.json")
+    results = json.loads(written.read_text())
+    figures = {row["what"]: row for row in results["rows"]}
+    for what in (
+        "login req/s (bcrypt 4)",
+        "GET /users/me req/s",
+        "TokenVerifier.verify (us)",
+        "register -> profile p50 (ms)",
+        "pipeline drain msg/s (100)",
+        "auth web worker RSS (MB, max)",
+    ):
+        assert figures[what]["figure"] > 0, what
+    # No PEM parse per request, whatever the machine's speed.
+    assert results["verify"]["pem_parses_in_requests"] == 0
+    assert results["verify"]["pem_parses_building_app"] >= 1
+    assert "| what | figure | ceiling | ratio | target |" in capsys.readouterr().out
+
+
+def test_a_row_passes_or_misses_on_its_ratio_and_its_target():
+    from bench.report import Row
+
+    assert Row("reads", 90, ceiling=100, ratio_target=0.8).verdict == "PASS"
+    assert Row("reads", 70, ceiling=100, ratio_target=0.8).verdict == "MISS"
+    assert Row("p99", 25, target=20, lower_is_better=True).verdict == "MISS"
+    assert Row("verify", 50, ceiling=40, ratio_target=1.5, lower_is_better=True).verdict == "PASS"
+    assert Row("info", 3).verdict == ""
+    assert Row("no ceiling", 3, ceiling=0, ratio_target=1).to_dict()["ratio"] is None
+
+
+def test_wrk_output_without_a_result_line_is_a_clear_error():
+    from bench.load import parse_wrk_output
+    from bench.system import BenchError
+
+    with pytest.raises(BenchError, match="no result line"):
+        parse_wrk_output("Running 1s test\n")
+
+
+def test_memory_growth_leaves_out_warm_up_and_needs_enough_samples():
+    from bench.memory import growth
+
+    assert growth([{"a": 1.0}] * 3) == {}
+    samples = [{"a": 50.0}] * 2 + [{"a": 60.0}] * 4 + [{"a": 61.0}] * 2
+    assert growth(samples) == {"a": 1.0}
+
+
+def test_percentiles_are_nearest_rank():
+    from bench.__main__ import percentile
+
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([7.0], 0.99) == 7.0
