@@ -302,7 +302,14 @@ class KeyRing:
 
     def get(self, kid: str) -> rsa.RSAPublicKey | None:
         """The public key with this kid, if it may still verify live tokens."""
-        return self._live().get(kid)
+        key = self._live().get(kid)
+        # An unknown kid may be a key another process (a sibling gunicorn
+        # worker, the rotate CLI) just put on disk: look at the files now, or
+        # its fresh tokens would be refused here until the next periodic check.
+        if key is None and self.reload_interval >= 0 and self._stamp() != self._loaded.stamp:
+            self.reload()
+            key = self._live().get(kid)
+        return key
 
     def jwks(self) -> dict:
         """The RFC 7517 key set of every key whose tokens may still be alive."""
