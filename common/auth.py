@@ -94,8 +94,9 @@ def login_required(func=None, *, role: str | None = None):
             return view(*args, **kwargs)
 
         responses = {"401": {"description": "Missing, invalid or revoked token"}}
-        if role is not None:
-            responses["403"] = {"description": f"Requires the {role} role"}
+        # A genuine token of a disabled account is refused with 403 on every guarded view.
+        forbidden = "Account disabled" + (f", or lacks the {role} role" if role else "")
+        responses["403"] = {"description": forbidden}
         return Blueprint.doc(security=[{"bearerAuth": []}], responses=responses)(wrapper)
 
     return decorator(func) if func is not None else decorator

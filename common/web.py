@@ -14,10 +14,11 @@ import uuid
 from collections.abc import Callable
 
 import swagger_ui_bundle
+from apispec import BasePlugin
 from flask import Flask, g, request, send_from_directory
 from flask.views import MethodView
 from flask_cors import CORS
-from flask_smorest import Api, Blueprint
+from flask_smorest import Api, Blueprint, pagination
 from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException, InternalServerError, default_exceptions
 
@@ -31,8 +32,43 @@ SWAGGER_ASSETS = "/docs/assets/"
 BEARER_SCHEME = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
 
 
+class ErrorResponsesPlugin(BasePlugin):
+    """Document the errors an operation can answer besides its own, by status code.
+
+    flask-smorest's catch-all ``default`` error response is off (it makes any
+    status code "documented"); instead every operation lists what it can
+    really answer: 503 when a dependency is down, and for a request body 400
+    (not JSON) and 413 (over the size limit).
+    """
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        """Add the shared error responses to each operation of ``path``."""
+        for operation in (operations or {}).values():
+            responses = operation.setdefault("responses", {})
+            if path.startswith("/api/"):
+                responses.setdefault("503", "SERVICE_UNAVAILABLE")
+            if "requestBody" in operation:
+                responses.setdefault("400", "BAD_REQUEST")
+                responses.setdefault("413", "REQUEST_ENTITY_TOO_LARGE")
+
+
 class ServiceApi(Api):
     """flask-smorest's Api, with a ``message`` on every error body (404 and 405 included)."""
+
+    # Each operation documents its own error statuses (see ErrorResponsesPlugin).
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def _register_pagination_header(self):
+        # X-Pagination carries JSON text: OpenAPI 3 says so with ``content``,
+        # where flask-smorest's ``schema`` would describe a structured value.
+        self.spec.components.header(
+            "PAGINATION",
+            {
+                "description": "Pagination metadata, as JSON",
+                "content": {"application/json": {"schema": pagination.PaginationMetadataSchema}},
+            },
+            lazy=True,
+        )
 
     def handle_http_exception(self, error: HTTPException):
         """Answer any HTTP error in flask-smorest's shape with a human-readable message."""
@@ -146,7 +182,10 @@ def create_api(app: Flask) -> ServiceApi:
     app.config.setdefault("MAX_CONTENT_LENGTH", 64 * 1024)
     _install_request_ids(app)
     _install_swagger_assets(app)
-    api = ServiceApi(app, spec_kwargs={"servers": [{"url": "/"}]})
+    api = ServiceApi(
+        app,
+        spec_kwargs={"servers": [{"url": "/"}], "extra_plugins": [ErrorResponsesPlugin()]},
+    )
     api.spec.components.security_scheme("bearerAuth", BEARER_SCHEME)
     init_cors(app, app.config.get("CORS_ORIGINS", []))
     return api
