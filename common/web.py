@@ -169,6 +169,9 @@ def init_cors(app: Flask, origins: list[str]) -> None:
         app,
         resources={r"/api/*": {"origins": "*" if wildcard else origins}},
         supports_credentials=not wildcard,
+        # Answer a wildcard with "*" itself, not the caller's origin echoed back:
+        # browsers never send credentials to "*", whatever else is configured.
+        send_wildcard=wildcard,
         expose_headers=[REQUEST_ID_HEADER, "X-Pagination", "Retry-After"],
         allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
         max_age=600,
