@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
 from user_app.profiles import MAX_ROLES, ROLE_RE
 
@@ -69,6 +78,10 @@ class AdminProfileUpdateSchema(ProfileUpdateSchema):
         return data
 
 
+# Read from the same query string by flask-smorest's pagination schema.
+PAGINATION_PARAMETERS = {"page", "page_size"}
+
+
 class UserQuerySchema(Schema):
     """Filters of the user listing (pagination parameters are flask-smorest's)."""
 
@@ -81,3 +94,10 @@ class UserQuerySchema(Schema):
         metadata={"description": "Case-insensitive substring of email, username or display name"},
     )
     is_active = fields.Boolean()
+
+    @validates_schema(pass_original=True)
+    def _no_unknown_parameters(self, data, original, **kwargs):
+        # A misspelt filter (``?is_activ=false``) must not silently list everyone.
+        unknown = sorted(set(original) - set(self.fields) - PAGINATION_PARAMETERS)
+        if unknown:
+            raise ValidationError("Unknown query parameter.", unknown[0])
