@@ -186,6 +186,10 @@ def search_profiles(
     if is_active is not None:
         conditions.append(Profile.is_active.is_(is_active))
     total = session.scalar(select(func.count()).select_from(Profile).where(*conditions))
+    if offset >= total:
+        # Past the last page: nothing to fetch, and an offset beyond the database's
+        # integer range (``?page=10**30``) never reaches it.
+        return total, []
     page = session.scalars(
         select(Profile)
         .where(*conditions)
