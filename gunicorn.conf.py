@@ -9,6 +9,8 @@ memory low; ``WEB_CONCURRENCY`` and ``WEB_THREADS`` override.
 import multiprocessing
 import os
 
+import gunicorn.http.wsgi
+
 # A PaaS hands the web process its port in PORT; the Procfile's named
 # processes pass --bind, which wins over this.
 bind = f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8000"
@@ -36,8 +38,10 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-i
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
-# Do not tell clients which server this is.
+# Do not tell clients which server this is: gunicorn puts its name in every
+# Server header (the module global its responses read; workers fork after this).
 proc_name = "authsvc"
+gunicorn.http.wsgi.SERVER = "authsvc"
 
 
 
