@@ -1,0 +1,256 @@
+"""The auth service when Redis, PostgreSQL or RabbitMQ is gone: clear 503s, nothing lost.
+
+Decision, Redis down: login and refresh answer 503 ``Redis unavailable``. Both
+need Redis, login for its failed-login throttle and both for the user's
+revocation cut-off that every new token's ``iat`` must clear; issuing a token
+without them could hand out one that is already revoked, or skip the
+throttle. Every Bearer check also answers 503 (a token that cannot be
+cleared is never let through). Nothing is half-written: a refresh refused
+this way leaves the refresh token alive. When Redis returns, the same app
+recovers with no restart.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import pytest
+import redis
+from sqlalchemy import create_engine, select, text
+
+from auth_app.models import OutboxEvent
+from auth_app.tests.conftest import PASSWORD, bearer
+from common.testing import fresh_postgres_database, server_down
+
+LOGIN = "/api/v1/auth/login"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on (right now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of this test on a spare port, stopped and started at will.
+
+    It keeps its data in an append-only file, as a production Redis holding
+    revocations must: a revoked token stays revoked across the restart.
+    """
+
+    def __init__(self, directory):
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        try:
+            self.process = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--dir",
+                    str(self.directory),
+                    "--daemonize",
+                    "no",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError as error:
+            server_down("Redis", "redis-server on PATH", error)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        server_down("Redis", self.url, RuntimeError("redis-server did not start"))
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def login(client, email):
+    return client.post(LOGIN, json={"email": email, "password": PASSWORD})
+
+
+def test_with_redis_on_a_closed_port_every_redis_need_answers_503(make_app):
+    app = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", LOG_LEVEL="critical")
+    client = app.test_client()
+    body = {"email": "down@example.com", "username": "down_user", "password": PASSWORD}
+    # Registration needs no Redis.
+    assert client.post("/api/v1/auth/register", json=body).status_code == 201
+
+    response = login(client, body["email"])
+    assert response.status_code == 503
+    assert response.json["message"] == "Redis unavailable"
+    assert client.post("/api/v1/auth/refresh", json={"refresh_token": "x" * 40}).status_code in (
+        401,
+        503,
+    )
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.json["checks"] == {"database": "ok", "redis": "unavailable"}
+    assert client.get("/health").status_code == 200
+
+
+def test_redis_stopping_and_returning(make_app, redis_server):
+    app = make_app(REDIS_URL=redis_server.url, LOG_LEVEL="critical")
+    client = app.test_client()
+    body = {"email": "flaky@example.com", "username": "flaky_user", "password": PASSWORD}
+    assert client.post("/api/v1/auth/register", json=body).status_code == 201
+    revoked = login(client, body["email"]).json
+    live = login(client, body["email"]).json
+    assert (
+        client.post("/api/v1/auth/logout", headers=bearer(revoked["access_token"])).status_code
+        == 204
+    )
+
+    redis_server.stop()
+    for tokens in (revoked, live):
+        response = client.get("/api/v1/auth/me", headers=bearer(tokens["access_token"]))
+        assert response.status_code == 503
+        assert response.json["message"] == "Token revocation state unavailable (Redis)"
+    assert login(client, body["email"]).status_code == 503
+    refused = client.post("/api/v1/auth/refresh", json={"refresh_token": live["refresh_token"]})
+    assert refused.status_code == 503
+    introspect = client.post("/api/v1/auth/introspect", json={"token": revoked["access_token"]})
+    assert introspect.status_code == 503
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.json["checks"]["redis"] == "unavailable"
+
+    redis_server.start()
+    assert client.get("/health/ready").status_code == 200
+    assert client.get("/api/v1/auth/me", headers=bearer(revoked["access_token"])).status_code == 401
+    assert client.get("/api/v1/auth/me", headers=bearer(live["access_token"])).status_code == 200
+    # The refresh refused during the outage did not rotate the token.
+    again = client.post("/api/v1/auth/refresh", json={"refresh_token": live["refresh_token"]})
+    assert again.status_code == 200
+    assert login(client, body["email"]).status_code == 200
+
+
+@pytest.fixture
+def postgres_url():
+    with fresh_postgres_database("auth_pgdown") as url:
+        yield url
+
+
+def _allow_connections(url: str, allowed: bool) -> None:
+    name = url.rsplit("/", 1)[1]
+    admin = create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
+        if not allowed:
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
+    admin.dispose()
+
+
+def test_postgres_gone_and_back(make_app, postgres_url):
+    app = make_app(DATABASE_URL=postgres_url, LOG_LEVEL="critical")
+    client = app.test_client()
+    body = {"email": "pg@example.com", "username": "pg_user", "password": PASSWORD}
+    assert client.post("/api/v1/auth/register", json=body).status_code == 201
+    tokens = login(client, body["email"]).json
+
+    _allow_connections(postgres_url, False)
+    try:
+        response = login(client, body["email"])
+        assert response.status_code == 503
+        assert response.json["message"] == "Database unavailable"
+        me = client.get("/api/v1/auth/me", headers=bearer(tokens["access_token"]))
+        assert me.status_code == 503
+        other = {"email": "pg2@example.com", "username": "pg_user2", "password": PASSWORD}
+        assert client.post("/api/v1/auth/register", json=other).status_code == 503
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json["checks"] == {"database": "unavailable", "redis": "ok"}
+    finally:
+        _allow_connections(postgres_url, True)
+
+    assert client.get("/health/ready").status_code == 200
+    assert client.get("/api/v1/auth/me", headers=bearer(tokens["access_token"])).status_code == 200
+    assert login(client, body["email"]).status_code == 200
+
+
+def test_registration_needs_no_rabbitmq_the_outbox_holds_the_event(make_app):
+    app = make_app(RABBITMQ_URL="amqp://guest:guest@127.0.0.1:1/%2F", LOG_LEVEL="critical")
+    body = {"email": "norabbit@example.com", "username": "no_rabbit", "password": PASSWORD}
+    response = app.test_client().post("/api/v1/auth/register", json=body)
+    assert response.status_code == 201
+    session = app.extensions["database"].sessionmaker()
+    try:
+        rows = session.scalars(select(OutboxEvent)).all()
+    finally:
+        session.close()
+    assert [(row.routing_key, row.published_at) for row in rows] == [("user.sync", None)]
+    assert response.json["id"] in rows[0].body
+
+
+ORIGIN = "https://app.example.com"
+
+
+def test_token_answers_are_never_cached_and_never_sniffed(client, accounts):
+    user = accounts.register()
+    response = login(client, user["email"])
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Pragma"] == "no-cache"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    refreshed = client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": response.json["refresh_token"]}
+    )
+    assert refreshed.headers["Cache-Control"] == "no-store"
+    assert client.get("/api/v1/auth/me").headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_cors_allows_only_the_configured_origins_with_credentials(make_app):
+    client = make_app(CORS_ORIGINS=[ORIGIN]).test_client()
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }
+    allowed = client.options(LOGIN, headers={"Origin": ORIGIN, **preflight})
+    assert allowed.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert allowed.headers["Access-Control-Allow-Credentials"] == "true"
+    other = client.options(LOGIN, headers={"Origin": "https://evil.example", **preflight})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_cors_wildcard_never_allows_credentials(make_app):
+    client = make_app(CORS_ORIGINS=["*"]).test_client()
+    response = client.post(LOGIN, json={}, headers={"Origin": "https://anyone.example"})
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in response.headers
