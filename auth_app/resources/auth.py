@@ -92,7 +92,11 @@ class Login(MethodView):
     @blp.alt_response(403, description="Account disabled")
     @blp.alt_response(429, description="Too many failed logins")
     def post(self, data):
-        """Exchange a password for a token pair."""
+        """Exchange a password for a token pair.
+
+        Answers 503 while Redis is unreachable: the failed-login throttle and
+        the user's revocation cut-off, which every new token must clear, live there.
+        """
         db = get_session()
         comps = components()
         try:
@@ -125,7 +129,10 @@ class Refresh(MethodView):
     @blp.response(200, TokenPairSchema)
     @blp.alt_response(401, description="Unknown, expired, revoked or reused refresh token")
     def post(self, data):
-        """Exchange a refresh token for a new pair; the presented one dies."""
+        """Exchange a refresh token for a new pair; the presented one dies.
+
+        Answers 503 while Redis is unreachable, and the presented token then stays alive.
+        """
         db = get_session()
         config = current_app.config
         ttl = timedelta(days=config["REFRESH_TOKEN_EXPIRE_DAYS"])
