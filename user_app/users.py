@@ -59,11 +59,25 @@ class Me(MethodView):
         return profile
 
 
+def _links_to_first_user() -> dict:
+    # OpenAPI links: how a listed id feeds the operations on one user (clients and
+    # stateful API testers follow them: list, then read, edit or delete, then read again).
+    parameters = {"user_id": "$response.body#/0/id"}
+    return {
+        f"{method.capitalize()}FirstUser": {
+            "operationRef": f"#/paths/~1api~1v1~1users~1{{user_id}}/{method}",
+            "parameters": parameters,
+        }
+        for method in ("get", "patch", "delete")
+    }
+
+
 @blp.route("")
 class Users(MethodView):
     @login_required(role=ADMIN)
     @blp.arguments(UserQuerySchema, location="query")
     @blp.response(200, ProfileSchema(many=True))
+    @blp.doc(responses={200: {"links": _links_to_first_user()}})
     @blp.paginate(page_size=20, max_page_size=100)
     def get(self, query, pagination_parameters):
         """List profiles, oldest first, optionally searched (``q``) and filtered (``is_active``)."""
