@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from hypothesis.stateful import run_state_machine_as_test
 from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.config import SchemathesisConfig
@@ -128,4 +129,67 @@ def fuzz_api(
                     report.failures.append(f"{operation.label} [{mode.value}]: {error}")
     finally:
         app.wsgi_app = counter.wsgi_app
+    return report
+
+
+def fuzz_links(
+    app,
+    *,
+    headers: Callable[[], dict],
+    max_examples: int,
+    steps: int,
+    semantic_rules: dict[str, list[str]] | None = None,
+) -> FuzzReport:
+    """Follow the document's OpenAPI links in generated sequences (list, then read, edit, delete).
+
+    Only sequences reveal some faults: ``use_after_free`` (a deleted resource
+    still answers) and ``ensure_resource_availability`` (a linked resource is
+    missing). Every check runs on every step, as in :func:`fuzz_api`.
+    """
+    counter = _RequestCounter(app.wsgi_app)
+    app.wsgi_app = counter
+    report = FuzzReport()
+    try:
+        schema = schemathesis.openapi.from_wsgi(
+            "/openapi.json", app, config=_config(semantic_rules or {})
+        )
+        all_checks()
+        base = schema.as_state_machine()
+        called: set[str] = set()
+
+        class LinkedCalls(base):
+            def get_call_kwargs(self, case):
+                called.add(case.operation.label)
+                self.sent = headers()
+                return {"headers": self.sent}
+
+            def validate_response(self, response, case, additional_checks=None, **kwargs):
+                # Name the headers as the caller's own, so ignored_auth knows the token is
+                # real (and probes without it) rather than taking it for a generated one.
+                case.validate_response(
+                    response,
+                    headers=self.sent,
+                    additional_checks=additional_checks,
+                    transport_kwargs=kwargs or None,
+                    recorder=self.recorder,
+                )
+
+        try:
+            run_state_machine_as_test(
+                LinkedCalls,
+                settings=settings(
+                    max_examples=max_examples,
+                    stateful_step_count=steps,
+                    deadline=None,
+                    database=None,
+                    derandomize=True,
+                    suppress_health_check=list(HealthCheck),
+                ),
+            )
+        except (Exception, BaseExceptionGroup) as error:  # noqa: BLE001 - reported to the caller
+            report.failures.append(f"linked sequence: {error}")
+    finally:
+        app.wsgi_app = counter.wsgi_app
+    report.operations = len(called)
+    report.requests = counter.count
     return report

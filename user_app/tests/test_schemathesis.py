@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import uuid
 
-from common.schema_fuzzing import fuzz_api
+from common.schema_fuzzing import fuzz_api, fuzz_links
 from user_app.tests.conftest import bearer
 
 # Examples per operation and mode; bounded so the run stays near a minute.
 MAX_EXAMPLES = 40
+# Generated sequences of linked calls (list, then read, edit or delete one of the listed).
+LINKED_EXAMPLES = 20
 # An avatar URL must be an absolute http(s) URL, which JSON schema cannot state: a
 # schema-valid string may still be refused with 422.
 SEMANTIC_RULES = {"/api/v1/users/me": ["422"], "/api/v1/users/{user_id}": ["422"]}
@@ -39,3 +41,25 @@ def test_every_operation_answers_as_documented(app, client, signer, capsys):
         print("\n" + report.summary("user service"))
     assert not report.failures, "\n\n".join(report.failures)
     assert report.requests >= MIN_REQUESTS
+
+
+def test_linked_sequences_find_no_deleted_user_still_served(app, client, signer, capsys):
+    """List, then read, edit or delete a listed user, then read again: always as documented."""
+    admin_id = str(uuid.uuid4())
+    for _ in range(LINKED_EXAMPLES):
+        assert client.get("/api/v1/users/me", headers=bearer(signer.token())).status_code == 200
+
+    def fresh_token() -> dict:
+        return bearer(signer.token(admin_id, roles=["user", "admin"]))
+
+    report = fuzz_links(
+        app,
+        headers=fresh_token,
+        max_examples=LINKED_EXAMPLES,
+        steps=8,
+        semantic_rules=SEMANTIC_RULES,
+    )
+    with capsys.disabled():
+        print("\n" + report.summary("user service, linked"))
+    assert not report.failures, "\n\n".join(report.failures)
+    assert report.requests >= LINKED_EXAMPLES
