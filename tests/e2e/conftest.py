@@ -1,6 +1,6 @@
 """The whole system as its users run it: the Procfile's processes under honcho.
 
-One session-wide system: fresh PostgreSQL databases for both services, a fresh
+One system per test module: fresh PostgreSQL databases for both services, a fresh
 RabbitMQ vhost, a Redis key prefix of its own and a key pair made by the real
 CLI. The Procfile's ``release`` line migrates, then ``honcho start`` runs both
 web apps under gunicorn and every relay and worker on free local ports. The
@@ -155,7 +155,7 @@ def run_release(procfile: dict[str, str], env: dict[str, str]) -> None:
     assert result.returncode == 0, f"release failed:\n{result.stdout}\n{result.stderr}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def e2e_durations() -> dict[str, float]:
     """Wall-clock seconds of the suite's phases, printed at the end of the session."""
     durations: dict[str, float] = {}
@@ -163,7 +163,7 @@ def e2e_durations() -> dict[str, float]:
     print("\ne2e durations: " + ", ".join(f"{k} {v:.1f}s" for k, v in durations.items()))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def system(tmp_path_factory, e2e_durations):
     """Start the whole system from the Procfile on fresh servers; yield it; stop it."""
     started = time.monotonic()
@@ -242,7 +242,7 @@ def system(tmp_path_factory, e2e_durations):
         assert not left, f"processes left running after Ctrl-C: {left}\n{tail(system.log_path)}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def process_log(system) -> Path:
     """The file holding every process's stdout and stderr (honcho's combined output)."""
     return system.log_path
