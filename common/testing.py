@@ -120,3 +120,25 @@ def write_test_keys(directory: Path) -> tuple[Path, Path]:
     private, public = directory / "private.pem", directory / "public.pem"
     generate_key_pair(private, public)
     return private, public
+
+
+def allow_connections(url: str, allowed: bool) -> None:
+    """Open or close a PostgreSQL database to new connections; closing also ends the open ones.
+
+    How the fault tests make a database unreachable, and bring it back.
+    """
+    name = make_url(url).database
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
+            if not allowed:
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                )
+    finally:
+        admin.dispose()

@@ -18,11 +18,11 @@ import time
 
 import pytest
 import redis
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
 from auth_app.models import OutboxEvent
 from auth_app.tests.conftest import PASSWORD, bearer
-from common.testing import fresh_postgres_database, server_down
+from common.testing import allow_connections, fresh_postgres_database, server_down
 
 LOGIN = "/api/v1/auth/login"
 
@@ -164,19 +164,6 @@ def postgres_url():
         yield url
 
 
-def _allow_connections(url: str, allowed: bool) -> None:
-    name = url.rsplit("/", 1)[1]
-    admin = create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
-        if not allowed:
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name},
-            )
-    admin.dispose()
-
-
 def test_postgres_gone_and_back(make_app, postgres_url):
     app = make_app(DATABASE_URL=postgres_url, LOG_LEVEL="critical")
     client = app.test_client()
@@ -184,7 +171,7 @@ def test_postgres_gone_and_back(make_app, postgres_url):
     assert client.post("/api/v1/auth/register", json=body).status_code == 201
     tokens = login(client, body["email"]).json
 
-    _allow_connections(postgres_url, False)
+    allow_connections(postgres_url, False)
     try:
         response = login(client, body["email"])
         assert response.status_code == 503
@@ -197,7 +184,7 @@ def test_postgres_gone_and_back(make_app, postgres_url):
         assert ready.status_code == 503
         assert ready.json["checks"] == {"database": "unavailable", "redis": "ok"}
     finally:
-        _allow_connections(postgres_url, True)
+        allow_connections(postgres_url, True)
 
     assert client.get("/health/ready").status_code == 200
     assert client.get("/api/v1/auth/me", headers=bearer(tokens["access_token"])).status_code == 200

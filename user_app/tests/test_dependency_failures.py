@@ -11,9 +11,8 @@ with credentials for a wildcard.
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import create_engine, text
 
-from common.testing import fresh_postgres_database
+from common.testing import allow_connections, fresh_postgres_database
 from user_app import create_app
 from user_app.tests.conftest import app_config, bearer
 
@@ -25,20 +24,6 @@ ORIGIN = "https://app.example.com"
 def postgres_url():
     with fresh_postgres_database("user_pgdown") as url:
         yield url
-
-
-def allow_connections(url: str, allowed: bool) -> None:
-    """Open or close the database to new connections; closing also ends the open ones."""
-    name = url.rsplit("/", 1)[1]
-    admin = create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
-        if not allowed:
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name},
-            )
-    admin.dispose()
 
 
 def test_postgres_gone_and_back(signer, postgres_url):

@@ -14,12 +14,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from common.db import make_engine
 from common.testing import (
-    POSTGRES_ADMIN_URL,
+    allow_connections,
     check_redis,
     fresh_postgres_database,
     fresh_vhost,
@@ -143,38 +142,17 @@ def test_sigterm_stops_a_worker_with_exit_code_0_within_10_seconds(system):
     assert time.monotonic() - started < 10
 
 
-def _set_connections(database: str, allowed: bool) -> None:
-    admin = make_engine(POSTGRES_ADMIN_URL)
-    try:
-        with admin.connect() as conn:
-            conn.execute(
-                text(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}')
-            )
-            if not allowed:
-                conn.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = :name AND pid <> pg_backend_pid()"
-                    ),
-                    {"name": database},
-                )
-            conn.commit()
-    finally:
-        admin.dispose()
-
-
 def test_the_user_database_unreachable_under_load_loses_nothing(system):
     start_all(system)
-    database = system.user_engine.url.database
     registered: list[str] = []
     loader = threading.Thread(target=lambda: registered.extend(register_many(system, 300)))
     loader.start()
     wait_until(lambda: system.profile_count() >= 50, timeout=60)
     try:
-        _set_connections(database, allowed=False)
+        allow_connections(system.user_url, False)
         time.sleep(3)
     finally:
-        _set_connections(database, allowed=True)
+        allow_connections(system.user_url, True)
     loader.join(timeout=120)
     assert len(registered) == 300
     assert_exactly_once(system, registered)
