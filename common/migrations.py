@@ -7,10 +7,17 @@ hands a connection in ``config.attributes['connection']`` or a URL with
 
 from __future__ import annotations
 
-from alembic import context as alembic_context
+from alembic import context
 from sqlalchemy import MetaData
 
 from common.db import make_engine
+
+
+def _run(metadata: MetaData, **target) -> None:
+    # Batch mode lets SQLite ALTER tables; it is harmless on PostgreSQL.
+    context.configure(target_metadata=metadata, render_as_batch=True, compare_type=True, **target)
+    with context.begin_transaction():
+        context.run_migrations()
 
 
 def run_migrations(metadata: MetaData, default_url) -> None:
@@ -19,42 +26,17 @@ def run_migrations(metadata: MetaData, default_url) -> None:
     ``default_url`` is a callable so that configuration is read only when no
     connection or URL was given.
     """
-    context = alembic_context
-    config = context.config
-    connection = config.attributes.get("connection")
-    render_batch = True  # SQLite needs batch mode for ALTER; harmless elsewhere.
+    connection = context.config.attributes.get("connection")
     if connection is not None:
-        context.configure(
-            connection=connection,
-            target_metadata=metadata,
-            render_as_batch=render_batch,
-            compare_type=True,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
+        _run(metadata, connection=connection)
         return
     url = context.get_x_argument(as_dictionary=True).get("url") or default_url()
     if context.is_offline_mode():
-        context.configure(
-            url=url,
-            target_metadata=metadata,
-            literal_binds=True,
-            render_as_batch=render_batch,
-            compare_type=True,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
+        _run(metadata, url=url, literal_binds=True)
         return
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            context.configure(
-                connection=conn,
-                target_metadata=metadata,
-                render_as_batch=render_batch,
-                compare_type=True,
-            )
-            with context.begin_transaction():
-                context.run_migrations()
+            _run(metadata, connection=conn)
     finally:
         engine.dispose()
