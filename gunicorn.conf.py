@@ -15,12 +15,15 @@ import gunicorn.http.wsgi
 # processes pass --bind, which wins over this.
 bind = f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8000"
 
-worker_class = "gthread"
+# gthread, with request heads read by the event loop under a deadline so a
+# slow client cannot hold a thread (see common/gunicorn_worker.py).
+worker_class = "common.gunicorn_worker.DeadlineWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 
-# Slow or hostile clients: a request line or header block must arrive quickly
-# and stay small, and a stuck request cannot hold a worker for long.
+# Slow or hostile clients: a request line or header block must arrive within
+# WEB_READ_TIMEOUT seconds (the worker enforces it) and stay small, and a
+# stuck request cannot hold a worker for long.
 timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
 graceful_timeout = 10
 keepalive = 5
@@ -42,8 +45,6 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Server header (the module global its responses read; workers fork after this).
 proc_name = "authsvc"
 gunicorn.http.wsgi.SERVER = "authsvc"
-
-
 
 
 def on_starting(server):

@@ -1,0 +1,277 @@
+"""Slow clients and big inputs against the real gunicorn, configured by gunicorn.conf.py.
+
+One auth service process (one worker of four threads, as few as a small
+deployment has) on a fresh SQLite database. Hostile clients (a body over the
+limit, a 10 MB header, forty slowloris connections, a silent connection, a
+stalled body) each get a bounded answer, and a normal client is served the
+whole time. The read deadline is shortened to keep the run quick.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import select
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from gunicorn.config import Config
+
+from common.config import EXIT_CONFIG_ERROR
+from common.gunicorn_worker import DeadlineWorker
+from common.testing import run_id
+from tests.conftest import ROOT
+from tests.e2e.client import call
+from tests.e2e.processes import free_port, tail
+from tests.test_web_line import BIN, migrate, stop, web_environ
+
+READ_TIMEOUT = 2.0
+THREADS = 4
+SLOW_CLIENTS = 40
+# Answers must come within this: a correctness bound, far above a normal answer's time.
+PROMPT = 5.0
+# A hostile connection must be gone by then: the deadline, the once-a-second sweep, slack.
+DROPPED_WITHIN = READ_TIMEOUT + 5.0
+
+
+@dataclass
+class Server:
+    """The running gunicorn: where it listens and where it logs."""
+
+    port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def connect(self) -> socket.socket:
+        """A raw TCP connection to it."""
+        return socket.create_connection(("127.0.0.1", self.port), timeout=PROMPT)
+
+    def health(self) -> int:
+        """The status of ``GET /health``, which must answer within ``PROMPT`` seconds."""
+        return call("GET", f"{self.base}/health", timeout=PROMPT).status
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """gunicorn -c gunicorn.conf.py 'auth_app:create_app()' on a free port, stopped afterwards."""
+    tmp = tmp_path_factory.mktemp("slow_clients")
+    marker = run_id()
+    env = web_environ(tmp, marker)
+    migrate("auth", env)
+    port = free_port()
+    env.update(WEB_THREADS=str(THREADS), WEB_READ_TIMEOUT=str(READ_TIMEOUT))
+    log_path = tmp / "gunicorn.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [
+                str(BIN / "gunicorn"),
+                "--config",
+                "gunicorn.conf.py",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "auth_app:create_app()",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    running = Server(port, log_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, tail(log_path)
+            try:
+                if running.health() == 200:
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, tail(log_path)
+                time.sleep(0.1)
+        yield running
+    finally:
+        stop(process, marker)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (a reset after its answer ends it too)."""
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_of(answer: bytes) -> int:
+    """The status code of a raw HTTP answer."""
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_a_body_over_the_limit_answers_413_with_a_json_message(server):
+    big = b'{"email": "a@example.com", "pad": "' + b"x" * (100 * 1024) + b'"}'
+    with server.connect() as sock:
+        sock.sendall(
+            b"POST /api/v1/auth/register HTTP/1.1\r\nHost: test\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(big)).encode() + b"\r\n\r\n" + big
+        )
+        answer = read_answer(sock)
+    assert status_of(answer) == 413
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"application/json" in head.lower()
+    assert b'"message"' in body and b"large" in body.lower()
+
+
+def test_a_10_mb_header_is_refused_at_once_and_others_are_still_served(server):
+    header = b"X-Big: " + b"a" * (10 * 1024 * 1024) + b"\r\n"
+    with server.connect() as sock:
+
+        def send() -> None:
+            try:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n" + header + b"\r\n")
+            except OSError:
+                pass  # the server stopped reading: that is the point
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        assert server.health() == 200
+        answer = read_answer(sock)
+        sender.join(PROMPT)
+    assert status_of(answer) in (400, 431), answer[:200]
+    assert not sender.is_alive(), "the server kept reading the 10 MB header"
+    assert server.health() == 200
+
+
+@dataclass
+class SlowClients:
+    """Connections that send a request head one byte at a time and never finish it."""
+
+    port: int
+    count: int
+    interval: float = 0.25
+    sockets: list[socket.socket] = field(default_factory=list)
+    # socket index -> what the server sent before it closed the connection
+    closed: dict[int, bytes] = field(default_factory=dict)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self):
+        self.sockets = [
+            socket.create_connection(("127.0.0.1", self.port), timeout=PROMPT)
+            for _ in range(self.count)
+        ]
+        self.thread = threading.Thread(target=self._drip, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.thread.join(PROMPT)
+        for sock in self.sockets:
+            sock.close()
+
+    def _drip(self) -> None:
+        head = b"GET /health HTTP/1.1\r\nHost: test\r\n" + b"X-Pad: slow\r\n" * 10000
+        position = 0
+        while not self.stopping.is_set() and len(self.closed) < self.count:
+            for index, sock in enumerate(self.sockets):
+                if index in self.closed:
+                    continue
+                readable, _, _ = select.select([sock], [], [], 0)
+                try:
+                    if readable:
+                        self.closed[index] = read_answer(sock)
+                        continue
+                    sock.send(head[position : position + 1])
+                except OSError:
+                    self.closed[index] = b""
+            position += 1
+            time.sleep(self.interval)
+
+    def open_count(self) -> int:
+        """How many the server has not closed yet."""
+        return self.count - len(self.closed)
+
+
+def test_slowloris_connections_neither_starve_others_nor_stay_open(server):
+    with SlowClients(server.port, SLOW_CLIENTS) as slow:
+        time.sleep(0.6)  # every connection has sent its first bytes
+        statuses = [server.health() for _ in range(3)]
+        open_meanwhile = slow.open_count()
+        deadline = time.monotonic() + DROPPED_WITHIN
+        while slow.open_count() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        dropped = dict(slow.closed)
+    assert statuses == [200, 200, 200]
+    # More slow connections were open than the worker has threads, yet it answered.
+    assert open_meanwhile > THREADS
+    assert len(dropped) == SLOW_CLIENTS, f"{SLOW_CLIENTS - len(dropped)} still open"
+    assert {status_of(answer) for answer in dropped.values() if answer} <= {408}
+    assert server.health() == 200
+
+
+def test_a_connection_that_sends_nothing_is_closed(server):
+    with server.connect() as sock:
+        sock.settimeout(DROPPED_WITHIN)
+        assert read_answer(sock) == b""
+
+
+def test_a_stalled_body_is_answered_with_a_client_error_and_frees_its_thread(server):
+    body = b'{"email": "stalled@example.com", "username": "stalled", "password": "x'
+    with server.connect() as sock:
+        sock.settimeout(DROPPED_WITHIN)
+        sock.sendall(
+            b"POST /api/v1/auth/register HTTP/1.1\r\nHost: test\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + body
+        )
+        assert server.health() == 200
+        answer = read_answer(sock)
+    assert 400 <= status_of(answer) < 500, answer[:300]
+    assert server.health() == 200
+
+
+def test_a_bad_read_timeout_stops_gunicorn_with_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("WEB_READ_TIMEOUT", "soon")
+    with pytest.raises(SystemExit) as stopped:
+        DeadlineWorker.check_config(Config(), logging.getLogger("test"))
+    assert stopped.value.code == EXIT_CONFIG_ERROR
+    assert "WEB_READ_TIMEOUT must be a number" in capsys.readouterr().err
+
+
+def test_the_worker_refuses_tls_because_the_proxy_terminates_it(monkeypatch, capsys):
+    monkeypatch.delenv("WEB_READ_TIMEOUT", raising=False)
+    config = Config()
+    config.set("certfile", "server.pem")
+    with pytest.raises(SystemExit):
+        DeadlineWorker.check_config(config, logging.getLogger("test"))
+    assert "terminate TLS at the reverse proxy" in capsys.readouterr().err
+
+
+def test_a_kept_alive_connection_is_served_again(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=PROMPT)
+    try:
+        for _ in range(3):
+            connection.request("GET", "/health")
+            answer = connection.getresponse()
+            assert (answer.status, answer.read()) == (200, b'{"status":"ok"}\n')
+    finally:
+        connection.close()
+
+
+def test_a_client_that_leaves_halfway_through_its_head_frees_the_server(server):
+    for _ in range(2 * THREADS):
+        with server.connect() as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: te")
+    assert server.health() == 200
