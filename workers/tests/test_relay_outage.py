@@ -1,0 +1,117 @@
+"""The auth service's database goes away while its relay runs, then comes back.
+
+The relay runs as the Procfile runs it (``python -m workers.relay auth``).
+The database refuses new connections and its open ones are cut
+(``ALLOW_CONNECTIONS false`` and ``pg_terminate_backend``), as a failover
+or a restart does. Meanwhile registration answers 503 and the relay keeps
+running; once the database is back, every outbox row, written before or
+after the outage, reaches the queue exactly once, with no restart.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pika
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from auth_app.models import OutboxEvent
+from common.testing import (
+    allow_connections,
+    check_redis,
+    fresh_postgres_database,
+    fresh_vhost,
+    run_id,
+    write_test_keys,
+)
+from workers.broker import USER_QUEUE, declare_queue
+from workers.tests.conftest import drain, queue_depth
+from workers.tests.system import PASSWORD, System, wait_until
+
+pytestmark = pytest.mark.slow
+
+OUTAGE_SECONDS = 3.0
+
+
+@pytest.fixture
+def system(tmp_path):
+    check_redis()
+    keys = write_test_keys(tmp_path)
+    with (
+        fresh_vhost("relay_outage") as amqp_url,
+        fresh_postgres_database("relay_outage_auth") as auth_url,
+        fresh_postgres_database("relay_outage_user") as user_url,
+    ):
+        system = System(
+            auth_url=auth_url,
+            user_url=user_url,
+            amqp_url=amqp_url,
+            redis_prefix=f"test:relay_outage:{run_id()}:",
+            keys=keys,
+        )
+        try:
+            yield system
+        finally:
+            system.close()
+
+
+def bind_user_queue(system: System) -> None:
+    """The user worker's queue, so the relay's messages are routed and kept for counting."""
+    connection = pika.BlockingConnection(pika.URLParameters(system.amqp_url))
+    try:
+        declare_queue(connection.channel(), USER_QUEUE, system.settings())
+    finally:
+        connection.close()
+
+
+def pending_rows(system: System) -> int:
+    """Outbox rows of the auth service not yet confirmed by the broker."""
+    with Session(system.auth_engine) as session:
+        return session.scalar(
+            select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None))
+        )
+
+
+def outbox_ids(system: System) -> set[str]:
+    with Session(system.auth_engine) as session:
+        return set(session.scalars(select(OutboxEvent.message_id)))
+
+
+def test_the_auth_database_gone_and_back_under_the_relay_publishes_every_row_once(system):
+    bind_user_queue(system)
+    relay = system.spawn("workers.relay", "auth")
+    before = [system.register()["id"] for _ in range(5)]
+
+    try:
+        allow_connections(system.auth_url, False)
+        name = f"u{run_id()}"
+        refused = system.auth.post(
+            "/api/v1/auth/register",
+            json={"email": f"{name}@example.com", "username": name, "password": PASSWORD},
+        )
+        time.sleep(OUTAGE_SECONDS)  # the relay meets the outage and keeps retrying
+        assert relay.poll() is None, "the relay exited during the outage"
+    finally:
+        allow_connections(system.auth_url, True)
+    assert refused.status_code == 503, refused.get_json()
+    assert refused.get_json()["message"]
+
+    after = [system.register()["id"] for _ in range(5)]
+    system.auth_engine.dispose()  # its pooled connections were cut too
+    assert wait_until(lambda: pending_rows(system) == 0, timeout=20), "rows left unpublished"
+    assert relay.poll() is None, "the relay exited after the outage"
+
+    expected = outbox_ids(system)
+    assert len(expected) == 10
+    messages = drain(system.amqp_url, USER_QUEUE, expected=len(expected), timeout=10)
+    published = [properties.message_id for properties, _ in messages]
+    assert sorted(published) == sorted(expected), "a row was lost or published twice"
+    assert queue_depth(system.amqp_url, USER_QUEUE) == 0, "a row was published twice"
+    assert {json.loads(body)["data"]["user_id"] for _, body in messages} == set(before + after)
+
+    relay.send_signal(signal.SIGTERM)
+    assert relay.wait(timeout=10) == 0
