@@ -1,5 +1,6 @@
 # make run   set everything up and start every process of the Procfile
 # make test  set up and run every app's tests with coverage (fails below 90 %)
+# make audit check requirements.lock against the vulnerability databases (needs network)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -8,7 +9,7 @@ STAMP  := $(VENV)/.installed
 APPS   := common auth_app user_app workers tests
 RUN_PROCESSES ?= $(shell grep -oE "^[a-z0-9_-]+:" Procfile | tr -d : | grep -vxE "release|web")
 
-.PHONY: run test venv keys migrate preflight lint bench clean
+.PHONY: run test venv keys migrate preflight lint bench audit clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -51,6 +52,13 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y wrk; } || \
 		{ echo "bench needs wrk: sudo apt-get install -y wrk"; exit 1; }
 	$(BIN)/python -m bench
+
+# The exact versions in requirements.lock, not whatever the venv holds; not
+# part of `make test`, as it needs PyPI's or OSV's vulnerability service.
+# --strict: a package that could not be checked fails the audit instead of
+# being skipped, so an unreachable database never reads as "no vulnerabilities".
+audit: $(STAMP)
+	$(BIN)/pip-audit -r requirements.lock --no-deps --disable-pip --strict
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
