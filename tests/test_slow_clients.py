@@ -23,7 +23,7 @@ import pytest
 from gunicorn.config import Config
 
 from common.config import EXIT_CONFIG_ERROR
-from common.gunicorn_worker import DeadlineWorker
+from common.gunicorn_worker import DeadlineReader, DeadlineWorker
 from common.testing import run_id
 from tests.conftest import ROOT
 from tests.e2e.client import call
@@ -275,3 +275,17 @@ def test_a_client_that_leaves_halfway_through_its_head_frees_the_server(server):
         with server.connect() as sock:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: te")
     assert server.health() == 200
+
+
+def test_the_body_reader_reads_as_ended_once_its_deadline_passes():
+    server_side, client_side = socket.socketpair()
+    with server_side, client_side:
+        reader = DeadlineReader(server_side, write_timeout=1.0)
+        reader.deadline = time.monotonic() + 0.2
+        client_side.sendall(b"part")
+        assert reader.recv(100) == b"part"
+        assert reader.recv(100) == b""  # nothing more came before the deadline
+        assert reader.expired
+        client_side.sendall(b"late")
+        assert reader.recv(100) == b""  # past the deadline, even with data waiting
+        assert server_side.gettimeout() == 1.0  # writes keep their own bound
