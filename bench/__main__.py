@@ -412,8 +412,12 @@ def measure_memory(plan, system, auth, token, rows, raw) -> None:
 
 
 def check_errors(what: str, runs) -> None:
-    """A load run that saw errors measured the wrong thing: stop with a clear message."""
-    bad = [r for r in runs if r.errors or not r.requests]
+    """A run answered with errors measured the wrong thing: stop with a clear message.
+
+    A socket error or two (a connection closed as gunicorn recycles a worker)
+    is part of the service's behaviour; more than 1 in 1,000 is not.
+    """
+    bad = [r for r in runs if r.non_2xx or r.errors * 1000 > r.requests or not r.requests]
     if bad:
         raise BenchError(f"{what}: {bad[0].errors} errors in {bad[0].requests} requests")
 

@@ -22,6 +22,7 @@ class LoadResult:
     requests: int
     seconds: float
     errors: int
+    non_2xx: int
     p50_ms: float
     p99_ms: float
 
@@ -56,6 +57,7 @@ def parse_wrk_output(text: str) -> LoadResult:
                 requests=raw["requests"],
                 seconds=raw["duration_us"] / 1e6,
                 errors=errors,
+                non_2xx=raw["non_2xx"],
                 p50_ms=raw["p50_us"] / 1000,
                 p99_ms=raw["p99_us"] / 1000,
             )
