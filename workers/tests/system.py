@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -198,3 +198,34 @@ class System:
                 )
             )
             return [json.loads(body)["data"]["user_id"] for body in rows]
+
+
+@contextmanager
+def fresh_system(label: str, keys_dir: Path, amqp_url: str | None = None):
+    """A System on fresh databases, a fresh vhost (unless given) and a Redis prefix of its own."""
+    from common.testing import (
+        check_redis,
+        fresh_postgres_database,
+        fresh_vhost,
+        run_id,
+        write_test_keys,
+    )
+
+    check_redis()
+    keys = write_test_keys(keys_dir)
+    with ExitStack() as stack:
+        if amqp_url is None:
+            amqp_url = stack.enter_context(fresh_vhost(label))
+        auth_url = stack.enter_context(fresh_postgres_database(f"{label}_auth"))
+        user_url = stack.enter_context(fresh_postgres_database(f"{label}_user"))
+        system = System(
+            auth_url=auth_url,
+            user_url=user_url,
+            amqp_url=amqp_url,
+            redis_prefix=f"test:{label}:{run_id()}:",
+            keys=keys,
+        )
+        try:
+            yield system
+        finally:
+            system.close()

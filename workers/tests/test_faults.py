@@ -19,40 +19,19 @@ from sqlalchemy.orm import Session
 
 from common.testing import (
     allow_connections,
-    check_redis,
-    fresh_postgres_database,
-    fresh_vhost,
-    run_id,
-    write_test_keys,
 )
 from user_app.models import ProcessedMessage
 from workers.broker import USER_QUEUE, dead_letter_queue
 from workers.tests.conftest import queue_depth
-from workers.tests.system import System, wait_until
+from workers.tests.system import System, fresh_system, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def system(tmp_path):
-    check_redis()
-    keys = write_test_keys(tmp_path)
-    with (
-        fresh_vhost("faults") as amqp_url,
-        fresh_postgres_database("faults_auth") as auth_url,
-        fresh_postgres_database("faults_user") as user_url,
-    ):
-        system = System(
-            auth_url=auth_url,
-            user_url=user_url,
-            amqp_url=amqp_url,
-            redis_prefix=f"test:faults:{run_id()}:",
-            keys=keys,
-        )
-        try:
-            yield system
-        finally:
-            system.close()
+    with fresh_system("faults", tmp_path) as system:
+        yield system
 
 
 def start_all(system: System) -> dict[str, subprocess.Popen]:

@@ -22,15 +22,11 @@ from sqlalchemy.orm import Session
 from auth_app.models import OutboxEvent
 from common.testing import (
     allow_connections,
-    check_redis,
-    fresh_postgres_database,
-    fresh_vhost,
     run_id,
-    write_test_keys,
 )
 from workers.broker import USER_QUEUE, declare_queue
 from workers.tests.conftest import drain, queue_depth
-from workers.tests.system import PASSWORD, System, wait_until
+from workers.tests.system import PASSWORD, System, fresh_system, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -39,24 +35,8 @@ OUTAGE_SECONDS = 3.0
 
 @pytest.fixture
 def system(tmp_path):
-    check_redis()
-    keys = write_test_keys(tmp_path)
-    with (
-        fresh_vhost("relay_outage") as amqp_url,
-        fresh_postgres_database("relay_outage_auth") as auth_url,
-        fresh_postgres_database("relay_outage_user") as user_url,
-    ):
-        system = System(
-            auth_url=auth_url,
-            user_url=user_url,
-            amqp_url=amqp_url,
-            redis_prefix=f"test:relay_outage:{run_id()}:",
-            keys=keys,
-        )
-        try:
-            yield system
-        finally:
-            system.close()
+    with fresh_system("relay_outage", tmp_path) as system:
+        yield system
 
 
 def bind_user_queue(system: System) -> None:
