@@ -81,8 +81,11 @@ def say(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def run(plan: Plan) -> dict:
-    """Start the system, measure everything, return the results document."""
+SECTIONS = ("login", "reads", "verify", "latency", "pipeline", "memory")
+
+
+def run(plan: Plan, only: frozenset[str] = frozenset(SECTIONS)) -> dict:
+    """Start the system, measure ``only`` those sections, return the results document."""
     require_wrk()
     load_before = wait_for_quiet(plan.wait_for_quiet)
     workers, threads = gunicorn_concurrency()
@@ -90,6 +93,7 @@ def run(plan: Plan) -> dict:
     rows: list[Row] = []
     raw: dict = {
         "plan": plan.name,
+        "sections": [name for name in SECTIONS if name in only],
         "cores": os.cpu_count(),
         "load_before": round(load_before, 2),
         "gunicorn": {"workers": workers, "threads": threads, "worker_class": "gthread"},
@@ -114,37 +118,19 @@ def run(plan: Plan) -> dict:
             # holds rows back. The first profile arriving means the loop is up.
             pipeline.wait_for_profile(user_engine, account["id"], timeout=60)
             token = pipeline.login(auth, account["email"])["access_token"]
-            measure_login(plan, system, auth, account, concurrency, rows, raw)
-            measure_reads(plan, user, bare, token, rows, raw)
-            measure_verify(plan, system, token, rows, raw)
-            say("register -> profile latency")
-            to_profile, to_provisioned = pipeline.register_latencies(
-                auth, user_engine, auth_engine, plan.register_samples
-            )
-            raw["register_latency_ms"] = {
-                "to_profile": [round(v * 1000, 2) for v in to_profile],
-                "to_provisioned": [round(v * 1000, 2) for v in to_provisioned],
-            }
-            for label, values in (("profile", to_profile), ("provisioned_at", to_provisioned)):
-                rows.append(
-                    Row(
-                        f"register -> {label} p50 (ms)",
-                        percentile(values, 0.5) * 1000,
-                        target=50,
-                        lower_is_better=True,
-                    )
-                )
-                rows.append(
-                    Row(
-                        f"register -> {label} p99 (ms)",
-                        percentile(values, 0.99) * 1000,
-                        target=200,
-                        lower_is_better=True,
-                    )
-                )
-            measure_pipeline(plan, system, auth_engine, user_engine, rows, raw)
+            if "login" in only:
+                measure_login(plan, system, auth, account, concurrency, rows, raw)
+            if "reads" in only:
+                measure_reads(plan, user, bare, token, rows, raw)
+            if "verify" in only:
+                measure_verify(plan, system, token, rows, raw)
+            if "latency" in only:
+                measure_latency(plan, auth, auth_engine, user_engine, rows, raw)
+            if "pipeline" in only:
+                measure_pipeline(plan, system, auth_engine, user_engine, rows, raw)
             system.check_alive()
-            measure_memory(plan, system, auth, token, rows, raw)
+            if "memory" in only:
+                measure_memory(plan, system, auth, token, rows, raw)
             system.check_alive()
         finally:
             auth_engine.dispose()
@@ -293,6 +279,28 @@ def pem_parses(system: System, token: str, requests: int) -> tuple[int, int]:
     return at_start, in_requests
 
 
+def measure_latency(plan, auth, auth_engine, user_engine, rows, raw) -> None:
+    """One registration at a time: seconds to the profile, and to ``provisioned_at``."""
+    say("register -> profile latency")
+    to_profile, to_provisioned = pipeline.register_latencies(
+        auth, user_engine, auth_engine, plan.register_samples
+    )
+    raw["register_latency_ms"] = {
+        "to_profile": [round(v * 1000, 2) for v in to_profile],
+        "to_provisioned": [round(v * 1000, 2) for v in to_provisioned],
+    }
+    for label, values in (("profile", to_profile), ("provisioned_at", to_provisioned)):
+        for name, fraction, target in (("p50", 0.5, 50), ("p99", 0.99, 200)):
+            rows.append(
+                Row(
+                    f"register -> {label} {name} (ms)",
+                    percentile(values, fraction) * 1000,
+                    target=target,
+                    lower_is_better=True,
+                )
+            )
+
+
 def measure_pipeline(plan, system, auth_engine, user_engine, rows, raw) -> None:
     """Raw pika publish+consume ceiling, then the relay and worker draining the outbox."""
     say(f"raw pika ceiling, then {plan.drain_rows}-row outbox drains")
@@ -427,11 +435,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="one short iteration of each")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="measure only this section (repeatable); the note's table needs a whole run",
+    )
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     started = time.monotonic()
     try:
-        results = run(plan)
+        results = run(plan, frozenset(args.only or SECTIONS))
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
