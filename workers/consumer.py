@@ -4,6 +4,12 @@ A message is parsed, its handler runs in one database transaction that also
 records the message id in the processed-messages table, and only after that
 commit is it acked. A redelivered id is acked without being applied again.
 
+Messages already waiting in the channel's buffer (up to the prefetch count) are
+applied together, in order, in one transaction: one duplicate check and one
+commit for the lot, one ack after it. If anything in that transaction fails,
+it is rolled back and every message of the batch goes the one-by-one way
+below, the failing one counting the failure as its first try.
+
 Failures, by kind:
 - permanent (bad JSON, unknown type or version, invalid data): rejected at once
   and so routed to ``<queue>.dead``;
@@ -20,6 +26,7 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -70,29 +77,101 @@ class Consumer:
             raise
         return "applied"
 
-    # -- one delivery --------------------------------------------------------
+    def apply_batch(
+        self, envelopes: list[Envelope]
+    ) -> tuple[list[str], int | None, BaseException | None]:
+        """Apply ``envelopes`` in order in one transaction, recording every id.
+
+        Returns ``(outcomes, None, None)`` once committed. On any failure the
+        whole transaction is rolled back and ``([], index, error)`` returned,
+        ``index`` being the envelope whose handler raised (None when the
+        failure came from the flush or the commit).
+        """
+        model = self.processed_model
+        failed_at = None
+        try:
+            with self.sessions() as session, session.begin():
+                ids = [envelope.id for envelope in envelopes]
+                seen = set(
+                    session.scalars(select(model.message_id).where(model.message_id.in_(ids)))
+                )
+                outcomes = []
+                for index, envelope in enumerate(envelopes):
+                    failed_at = index
+                    if envelope.id in seen:
+                        outcomes.append("duplicate")
+                        continue
+                    handler = self.handlers.get(envelope.type)
+                    if handler is None:
+                        raise InvalidMessage(f"unknown message type {envelope.type!r}")
+                    handler(envelope, session)
+                    session.add(model(message_id=envelope.id, message_type=envelope.type))
+                    seen.add(envelope.id)
+                    outcomes.append("applied")
+                failed_at = None  # from here on, a failure is the flush's or the commit's
+        except Exception as error:  # noqa: BLE001 - every failure goes the one-by-one way
+            return [], failed_at, error
+        return outcomes, None, None
+
+    # -- deliveries ----------------------------------------------------------
+    def deliver_batch(self, connection, channel, deliveries) -> None:
+        """Apply deliveries that arrived together, settling each of them."""
+        parsed = []
+        for method, properties, body in deliveries:
+            envelope = self._parse(channel, method, properties, body)
+            if envelope is not None:
+                parsed.append((method.delivery_tag, properties, envelope))
+        if len(parsed) < 2:
+            for tag, properties, envelope in parsed:
+                self._settle_alone(connection, channel, tag, properties, envelope)
+            return
+        outcomes, failed_at, error = self.apply_batch([envelope for _, _, envelope in parsed])
+        if error is None:
+            # Every earlier delivery on this channel is settled: one ack covers the batch.
+            channel.basic_ack(parsed[-1][0], multiple=True)
+            for (_, _, envelope), outcome in zip(parsed, outcomes, strict=True):
+                with log_context(request_id=envelope.correlation_id or "-", message_id=envelope.id):
+                    log.info("%s %s %s", envelope.type, envelope.id, outcome)
+            return
+        log.warning(
+            "a batch of %d failed (%s); applying its messages one by one",
+            len(parsed),
+            type(error).__name__,
+        )
+        for position, (tag, properties, envelope) in enumerate(parsed):
+            first_error = error if position == failed_at else None
+            self._settle_alone(connection, channel, tag, properties, envelope, first_error)
+
     def deliver(self, connection, channel, method, properties, body: bytes) -> None:
         """Apply one delivery and settle it (ack, or reject to the dead-letter queue)."""
-        tag = method.delivery_tag
+        self.deliver_batch(connection, channel, [(method, properties, body)])
+
+    def _parse(self, channel, method, properties, body: bytes) -> Envelope | None:
         try:
-            envelope = parse_envelope(body)
+            return parse_envelope(body)
         except InvalidMessage as error:
             log.error(
                 "dead-lettering unparseable message %s: %s",
                 getattr(properties, "message_id", None),
                 error,
             )
-            channel.basic_reject(tag, requeue=False)
-            return
-        with log_context(request_id=envelope.correlation_id or "-", message_id=envelope.id):
-            self._settle(connection, channel, tag, properties, envelope)
+            channel.basic_reject(method.delivery_tag, requeue=False)
+            return None
 
-    def _settle(self, connection, channel, tag, properties, envelope: Envelope) -> None:
+    def _settle_alone(self, connection, channel, tag, properties, envelope, first_error=None):
+        with log_context(request_id=envelope.correlation_id or "-", message_id=envelope.id):
+            self._settle(connection, channel, tag, properties, envelope, first_error)
+
+    def _settle(self, connection, channel, tag, properties, envelope, first_error=None) -> None:
         headers = getattr(properties, "headers", None) or {}
         tries = int(headers.get("x-delivery-count", 0) or 0)
         delay = 0.2
         while True:
             try:
+                if first_error is not None:
+                    # The batch already tried this one: that failure is its first try.
+                    error, first_error = first_error, None
+                    raise error
                 outcome = self.apply(envelope)
             except self.permanent_errors as error:
                 log.error("dead-lettering %s %s: %s", envelope.type, envelope.id, error)
@@ -133,9 +212,16 @@ class Consumer:
             declare_queue(channel, self.queue, self.settings)
             channel.basic_qos(prefetch_count=self.settings.prefetch)
             log.info("%s consuming %s", self.name, self.queue)
-            for method, properties, body in channel.consume(self.queue, inactivity_timeout=0.5):
+            deliveries = channel.consume(self.queue, inactivity_timeout=0.5)
+            for method, properties, body in deliveries:
                 if method is not None:
-                    self.deliver(connection, channel, method, properties, body)
+                    batch = [(method, properties, body)]
+                    # Only what is already buffered: never wait to fill a batch.
+                    while (
+                        len(batch) < self.settings.prefetch and channel.get_waiting_message_count()
+                    ):
+                        batch.append(next(deliveries))
+                    self.deliver_batch(connection, channel, batch)
                 if self.stopper.stopping:
                     break
             channel.cancel()

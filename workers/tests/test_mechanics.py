@@ -13,7 +13,7 @@ import time
 
 import pika
 import pytest
-from sqlalchemy import String, func, select
+from sqlalchemy import String, event, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -308,3 +308,69 @@ def test_consumer_stops_when_asked_and_leaves_unapplied_messages_queued(engine, 
     done = applied(engine)
     assert 1 <= len(done) < 5
     assert queue_depth(amqp_url, USER_QUEUE) == 5 - len(done)
+
+
+def publish_many(url: str, payloads: list[tuple[str, bytes]]) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for message_id, payload in payloads:
+            channel.basic_publish(
+                USER_EVENTS,
+                "user.sync",
+                payload,
+                pika.BasicProperties(message_id=message_id, delivery_mode=2),
+                mandatory=True,
+            )
+    finally:
+        connection.close()
+
+
+def test_a_queue_backlog_is_applied_in_batches_in_order_once_each(engine, amqp_url):
+    declare(amqp_url)
+    commits = []
+    event.listen(engine, "commit", lambda connection: commits.append(1))
+    payloads = [body(n) for n in range(200)]
+    # Redelivered ids inside the backlog: applied once, acked all the same.
+    publish_many(amqp_url, payloads + payloads[:5])
+    with Running(make_consumer(engine, amqp_url, prefetch=50)):
+        assert wait_until(lambda: queue_depth(amqp_url, USER_QUEUE) == 0)
+        time.sleep(0.3)
+    assert applied(engine) == [str(n) for n in range(200)]
+    # Messages waiting together share a transaction.
+    assert len(commits) < 100
+    assert queue_depth(amqp_url, dead_letter_queue(USER_QUEUE)) == 0
+
+
+def test_one_failing_message_in_a_batch_does_not_hold_back_the_others(engine, amqp_url):
+    declare(amqp_url)
+    calls = []
+
+    def fails_on_13(envelope, session):
+        calls.append(envelope.data["n"])
+        if envelope.data["n"] == 13:
+            raise RuntimeError("bug")
+        record(envelope, session)
+
+    publish_many(amqp_url, [body(n) for n in range(30)])
+    with Running(make_consumer(engine, amqp_url, fails_on_13, prefetch=30, max_tries=3)):
+        assert wait_until(lambda: queue_depth(amqp_url, dead_letter_queue(USER_QUEUE)) == 1)
+        assert wait_until(lambda: len(applied(engine)) == 29)
+    assert applied(engine) == [str(n) for n in range(30) if n != 13]
+    # The try inside the batch counts: max_tries calls in all, no more.
+    assert calls.count(13) == 3
+    dead = drain(amqp_url, dead_letter_queue(USER_QUEUE), 1)
+    assert json.loads(dead[0][1])["data"] == {"n": 13}
+
+
+def test_a_poison_message_in_a_batch_is_dead_lettered_alone(engine, amqp_url):
+    declare(amqp_url)
+    payloads = [body(n) for n in range(10)]
+    payloads[4] = body(4, invalid=True)
+    payloads[6] = ("garbage", b"not json")
+    publish_many(amqp_url, payloads)
+    with Running(make_consumer(engine, amqp_url, prefetch=10)):
+        assert wait_until(lambda: queue_depth(amqp_url, dead_letter_queue(USER_QUEUE)) == 2)
+        assert wait_until(lambda: len(applied(engine)) == 8)
+    assert applied(engine) == ["0", "1", "2", "3", "5", "7", "8", "9"]
