@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, g
 
 from common.auth import AccountDisabled, BearerAuth
 from common.db import get_session
@@ -41,6 +41,10 @@ def check_account(claims: dict) -> dict:
     if user_id is None or user_id != claims["sub"]:
         raise InvalidToken("invalid claim sub")
     state = profiles.access_state(get_session(), user_id)
+    # The view reads the same row: keep it for the request, so it is not read twice.
+    # (The session's identity map holds rows weakly, so without this reference
+    # the object is gone by the time the view asks for it again.)
+    g.account_profile = state.profile
     if state.deleted:
         raise InvalidToken("account deleted")
     if profiles.token_revoked(claims["iat"], state.tokens_valid_after):

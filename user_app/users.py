@@ -22,8 +22,12 @@ ADMIN = "admin"
 
 
 def _own_profile():
-    session = get_session()
-    profile = profiles.ensure_profile(session, g.claims)
+    # The token check has just read the caller's profile; only a user whose
+    # sync has not arrived yet needs it created here.
+    profile = g.get("account_profile")
+    if profile is not None:
+        return profile
+    profile = profiles.ensure_profile(get_session(), g.claims)
     if profile is None:  # deleted between the token check and now
         abort(401, message="Invalid token: account deleted")
     return profile
