@@ -8,6 +8,8 @@ and never commit; the view, the job or the message handler does.
 from __future__ import annotations
 
 import contextlib
+import select
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -15,7 +17,7 @@ from flask import Flask, current_app, g
 from flask_smorest import abort
 from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InvalidatePoolError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -61,8 +63,30 @@ class UTCDateTime(TypeDecorator):
         return value
 
 
-def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
-    """An engine with pre-ping and pooling; in-memory SQLite shares one connection."""
+# How long a pooled connection may sit unused before its next checkout pings it.
+# Under load connections come back within milliseconds and are never pinged.
+IDLE_PING_SECONDS = 10.0
+
+
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    ping_idle_after: float | None = None,
+) -> Engine:
+    """An engine with pooling and dead-connection checks; in-memory SQLite shares one connection.
+
+    On PostgreSQL a pooled connection is checked before it is handed out. By
+    default with a ``SELECT 1`` round trip on every checkout (pre-ping). With
+    ``ping_idle_after`` set, only when it may be dead: its socket shows that the
+    server hung up (a restart, a failover, ``pg_terminate_backend``), or it has
+    been idle at least that many seconds (a firewall may have dropped it). A
+    connection that fails the ping invalidates the pool, as pre-ping does, and
+    the checkout gets a fresh one. A connection that dies while in use fails
+    its statement, which SQLAlchemy also reports as a disconnect and answers by
+    invalidating the pool.
+    """
     if url.startswith("sqlite"):
         kwargs: dict = {"connect_args": {"check_same_thread": False}}
         if url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url:
@@ -84,14 +108,53 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
     parsed = make_url(url)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg2")
-    return create_engine(
+    engine = create_engine(
         parsed,
-        pool_pre_ping=True,
+        pool_pre_ping=ping_idle_after is None,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5},
     )
+    if ping_idle_after is not None:
+        _ping_suspect_connections(engine, ping_idle_after)
+    return engine
+
+
+def _server_hung_up(dbapi_connection) -> bool:
+    """Whether an idle connection's socket has something to read: the server closed it.
+
+    An idle PostgreSQL connection receives nothing unless the server is going
+    away (it sends a FATAL error, then closes). No round trip: one ``poll``
+    with no timeout. A closed connection counts as hung up.
+    """
+    if dbapi_connection.closed:
+        return True
+    poller = select.poll()
+    poller.register(dbapi_connection.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _ping_suspect_connections(engine: Engine, idle_after: float) -> None:
+    """Ping a pooled connection on checkout only when it may be dead (see make_engine)."""
+
+    @event.listens_for(engine, "checkin")
+    def _note_checkin(dbapi_connection, record):
+        if dbapi_connection is not None:
+            record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _check_alive(dbapi_connection, record, _proxy):
+        checked_in_at = record.info.get("checked_in_at")
+        if checked_in_at is None:  # just connected
+            return
+        if time.monotonic() - checked_in_at < idle_after and not _server_hung_up(dbapi_connection):
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            # Whatever killed this one (a restart) killed its pool-mates too.
+            raise InvalidatePoolError(f"connection found dead on checkout: {error}") from error
 
 
 @dataclass
@@ -103,8 +166,12 @@ class Database:
 
     @classmethod
     def from_url(cls, url: str) -> Database:
-        """Build the engine and session factory for ``url``."""
-        engine = make_engine(url)
+        """Build the engine and session factory for ``url``.
+
+        A web app checks out a connection on every request, so its pooled
+        connections are pinged only when they may be dead, not on each checkout.
+        """
+        engine = make_engine(url, ping_idle_after=IDLE_PING_SECONDS)
         return cls(engine, sessionmaker(engine, expire_on_commit=False))
 
 
