@@ -23,6 +23,8 @@ ENVELOPE_VERSION = 1
 USER_EVENTS = "user_events"
 AUTH_EVENTS = "auth_events"
 MAX_MESSAGE_BYTES = 256 * 1024
+# Session.info key: the transaction and the channels it has notified already.
+_NOTIFIED = "outbox_notified"
 
 
 class InvalidMessage(Exception):
@@ -166,5 +168,18 @@ def emit(
         )
     )
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"NOTIFY {notify_channel(outbox_model.__tablename__)}"))
+        _notify_once(session, notify_channel(outbox_model.__tablename__))
     return envelope
+
+
+def _notify_once(session: Session, channel: str) -> None:
+    # One NOTIFY per channel and transaction is enough (PostgreSQL folds
+    # repeats anyway), and it goes straight to the connection: through
+    # session.execute it would flush the rows pending so far, once per event.
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    notified = session.info.get(_NOTIFIED)
+    if notified is None or notified[0] is not transaction:
+        notified = session.info[_NOTIFIED] = (transaction, set())
+    if channel not in notified[1]:
+        session.connection().execute(text(f"NOTIFY {channel}"))
+        notified[1].add(channel)
