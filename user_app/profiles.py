@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, exists, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -58,6 +58,41 @@ def _insert_ignoring_conflict(session: Session, model: type, **values) -> None:
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     session.execute(insert(model).values(**values).on_conflict_do_nothing())
+
+
+def _insert_new_profile(session: Session, user_id: str, values: dict) -> Profile | None:
+    """Create the profile in one statement when neither it nor a tombstone exists.
+
+    A pending revocation is folded in by the same statement. Returns the new
+    profile, or None when the row existed or the user was deleted: the caller
+    then takes the slower way that merges. Changes pending in the session are
+    not flushed first (in a worker's batch they are the earlier messages'
+    outbox rows): tombstones and pending revocations, the rows this statement
+    reads, are always written with statements of their own, never left pending.
+    """
+    table = Profile.__table__
+    pending = (
+        select(PendingRevocation.revoked_before)
+        .where(PendingRevocation.user_id == user_id)
+        .scalar_subquery()
+    )
+    source = select(
+        *(literal(value, table.c[name].type).label(name) for name, value in values.items()),
+        pending.label("tokens_valid_after"),
+    ).where(~exists().where(Tombstone.user_id == user_id))
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert(Profile)
+        .from_select([*values, "tokens_valid_after"], source)
+        .on_conflict_do_nothing()
+        .returning(Profile)
+    )
+    with session.no_autoflush:
+        profile = session.scalars(statement).first()
+        if profile is not None and profile.tokens_valid_after is not None:
+            session.execute(delete(PendingRevocation).where(PendingRevocation.user_id == user_id))
+    return profile
 
 
 def is_deleted(session: Session, user_id: str) -> bool:
@@ -324,21 +359,24 @@ def apply_user_created(session: Session, data: dict, occurred_at: datetime) -> P
     user_id = _user_id(data)
     occurred = _occurred(occurred_at)
     fields = _created_fields(data)
-    if is_deleted(session, user_id):
-        return None
     now = utcnow()
     # The account's own creation time, when the sync carries it: the profile
     # of a user is as old as the user, however late the sync arrived.
     created_at = fields.pop("created_at", None)
-    _insert_ignoring_conflict(
-        session,
-        Profile,
-        id=user_id,
-        created_at=created_at or now,
-        updated_at=now,
-        synced_at=occurred,
+    values = {
+        "id": user_id,
+        "created_at": created_at or now,
+        "updated_at": now,
+        "synced_at": occurred,
         **fields,
-    )
+    }
+    # The common case, a user seen here for the first time: one statement.
+    profile = _insert_new_profile(session, user_id, values)
+    if profile is not None:
+        return profile
+    if is_deleted(session, user_id):
+        return None
+    _insert_ignoring_conflict(session, Profile, **values)
     profile = session.get(Profile, user_id, populate_existing=True)
     _fold_pending_revocation(session, profile)
     if created_at is not None and created_at < profile.created_at:
@@ -390,5 +428,11 @@ def apply_sessions_revoked(session: Session, user_id: str, revoked_before: float
     _insert_ignoring_conflict(
         session, PendingRevocation, user_id=user_id, revoked_before=revoked_before
     )
-    pending = session.get(PendingRevocation, user_id, populate_existing=True)
-    pending.revoked_before = max(pending.revoked_before, revoked_before)
+    # A statement, not a change left pending in the session: the profile
+    # insert folds this row in with SQL of its own (see _insert_new_profile).
+    later = PendingRevocation.revoked_before < revoked_before
+    session.execute(
+        update(PendingRevocation)
+        .where(PendingRevocation.user_id == user_id, later)
+        .values(revoked_before=revoked_before)
+    )
