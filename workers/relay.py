@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import pika
 from sqlalchemy import select as sql_select
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
@@ -67,20 +68,22 @@ class Relay:
     # -- publishing ----------------------------------------------------------
     def publish_batch(self, channel) -> tuple[int, bool]:
         """Publish up to ``batch_size`` pending rows; returns (sent, held back)."""
-        sent = 0
         held = False
         lost: BaseException | None = None
         model = self.outbox_model
+        published: list[int] = []
         with Session(self.engine) as session, session.begin():
             query = (
-                sql_select(model)
+                sql_select(
+                    model.seq, model.message_id, model.exchange, model.routing_key, model.body
+                )
                 .where(model.published_at.is_(None))
                 .order_by(model.seq)
                 .limit(self.batch_size)
             )
             if self.postgres:
                 query = query.with_for_update(skip_locked=True)
-            for row in session.scalars(query):
+            for row in session.execute(query):
                 try:
                     channel.basic_publish(
                         row.exchange,
@@ -90,8 +93,8 @@ class Relay:
                         mandatory=True,
                     )
                 except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as error:
-                    row.attempts += 1
                     held = True
+                    self._count_attempt(session, [row.seq])
                     log.warning(
                         "outbox %s %s not accepted by the broker (%s); will retry",
                         row.routing_key,
@@ -103,14 +106,24 @@ class Relay:
                     # Keep what was confirmed; this row goes out on the next connection.
                     lost = error
                     break
-                row.published_at = utcnow()
-                row.attempts += 1
-                sent += 1
+                published.append(row.seq)
+            # One statement marks the whole batch, in the transaction holding its row locks.
+            self._count_attempt(session, published, published_at=utcnow())
         if lost is not None:
             raise lost
-        if sent:
-            log.info("published %d outbox rows", sent)
-        return sent, held
+        if published:
+            log.info("published %d outbox rows", len(published))
+        return len(published), held
+
+    def _count_attempt(self, session: Session, seqs: list[int], **values) -> None:
+        if seqs:
+            model = self.outbox_model
+            session.execute(
+                update(model)
+                .where(model.seq.in_(seqs))
+                .values(attempts=model.attempts + 1, **values)
+                .execution_options(synchronize_session=False)
+            )
 
     # -- waiting -------------------------------------------------------------
     def _listen(self):
