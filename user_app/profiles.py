@@ -52,12 +52,15 @@ def normalise_user_id(value: object) -> str | None:
         return None
 
 
+def _dialect_insert(session: Session):
+    # The insert construct that knows ON CONFLICT on this session's database.
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
 def _insert_ignoring_conflict(session: Session, model: type, **values) -> None:
     # INSERT ... ON CONFLICT DO NOTHING: two first requests (or a request and the
     # worker) creating the same row at once both succeed, neither sees an error.
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(model).values(**values).on_conflict_do_nothing())
+    session.execute(_dialect_insert(session)(model).values(**values).on_conflict_do_nothing())
 
 
 def _insert_new_profile(session: Session, user_id: str, values: dict) -> Profile | None:
@@ -80,10 +83,8 @@ def _insert_new_profile(session: Session, user_id: str, values: dict) -> Profile
         *(literal(value, table.c[name].type).label(name) for name, value in values.items()),
         pending.label("tokens_valid_after"),
     ).where(~exists().where(Tombstone.user_id == user_id))
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = (
-        insert(Profile)
+        _dialect_insert(session)(Profile)
         .from_select([*values, "tokens_valid_after"], source)
         .on_conflict_do_nothing()
         .returning(Profile)
@@ -348,14 +349,18 @@ def _created_fields(data: dict) -> dict:
     return fields
 
 
-def apply_user_created(session: Session, data: dict, occurred_at: datetime) -> Profile | None:
-    """Create or merge the profile of a newly registered user; None if the user was deleted.
+@dataclass(frozen=True)
+class _Created:
+    """A validated ``created`` sync: the user, the event's time, the new row's values."""
 
-    A profile already made from the user's first request is merged: email and
-    username follow the newest sync, roles and is_active follow it unless an
-    administrator here set them after ``occurred_at``; the user's own fields
-    are never touched. Raises InvalidEventData for malformed data.
-    """
+    user_id: str
+    occurred: datetime
+    created_at: datetime | None
+    fields: dict
+    values: dict
+
+
+def _created(data: dict, occurred_at: datetime) -> _Created:
     user_id = _user_id(data)
     occurred = _occurred(occurred_at)
     fields = _created_fields(data)
@@ -370,17 +375,75 @@ def apply_user_created(session: Session, data: dict, occurred_at: datetime) -> P
         "synced_at": occurred,
         **fields,
     }
+    return _Created(user_id, occurred, created_at, fields, values)
+
+
+def apply_user_created(session: Session, data: dict, occurred_at: datetime) -> Profile | None:
+    """Create or merge the profile of a newly registered user; None if the user was deleted.
+
+    A profile already made from the user's first request is merged: email and
+    username follow the newest sync, roles and is_active follow it unless an
+    administrator here set them after ``occurred_at``; the user's own fields
+    are never touched. Raises InvalidEventData for malformed data.
+    """
+    event = _created(data, occurred_at)
     # The common case, a user seen here for the first time: one statement.
-    profile = _insert_new_profile(session, user_id, values)
+    profile = _insert_new_profile(session, event.user_id, event.values)
     if profile is not None:
         return profile
-    if is_deleted(session, user_id):
+    return _merge_created(session, event)
+
+
+def apply_users_created(
+    session: Session, events: list[tuple[dict, datetime]]
+) -> list[Profile | None]:
+    """``apply_user_created`` for many users at once, each user at most once in ``events``.
+
+    Users seen here for the first time, the common case, cost four statements
+    for the whole lot (tombstones, profiles and pending revocations looked up
+    together, then one multi-row insert); the others are merged one by one.
+    Returns the profiles in the order of ``events``. Raises InvalidEventData
+    for malformed data, ValueError when a user comes twice.
+    """
+    parsed = [_created(data, occurred_at) for data, occurred_at in events]
+    ids = [event.user_id for event in parsed]
+    if len(set(ids)) != len(ids):
+        raise ValueError("apply_users_created takes each user at most once")
+    deleted = set(session.scalars(select(Tombstone.user_id).where(Tombstone.user_id.in_(ids))))
+    existing = set(session.scalars(select(Profile.id).where(Profile.id.in_(ids))))
+    pending = {
+        user_id: revoked_before
+        for user_id, revoked_before in session.execute(
+            select(PendingRevocation.user_id, PendingRevocation.revoked_before).where(
+                PendingRevocation.user_id.in_(ids)
+            )
+        )
+    }
+    rows = [
+        {**event.values, "tokens_valid_after": pending.get(event.user_id)}
+        for event in parsed
+        if event.user_id not in deleted and event.user_id not in existing
+    ]
+    inserted: dict[str, Profile] = {}
+    if rows:
+        statement = _dialect_insert(session)(Profile).on_conflict_do_nothing()
+        inserted = {p.id: p for p in session.scalars(statement.returning(Profile), rows)}
+        folded = [user_id for user_id in inserted if pending.get(user_id) is not None]
+        if folded:
+            session.execute(delete(PendingRevocation).where(PendingRevocation.user_id.in_(folded)))
+    # Deleted users, existing profiles, and rows another writer inserted first.
+    return [inserted.get(event.user_id) or _merge_created(session, event) for event in parsed]
+
+
+def _merge_created(session: Session, event: _Created) -> Profile | None:
+    if is_deleted(session, event.user_id):
         return None
-    _insert_ignoring_conflict(session, Profile, **values)
-    profile = session.get(Profile, user_id, populate_existing=True)
+    _insert_ignoring_conflict(session, Profile, **event.values)
+    profile = session.get(Profile, event.user_id, populate_existing=True)
     _fold_pending_revocation(session, profile)
-    if created_at is not None and created_at < profile.created_at:
-        profile.created_at = created_at
+    occurred, fields = event.occurred, event.fields
+    if event.created_at is not None and event.created_at < profile.created_at:
+        profile.created_at = event.created_at
     if profile.synced_at is None or profile.synced_at <= occurred:
         profile.email = fields["email"]
         profile.username = fields["username"]

@@ -280,3 +280,32 @@ def test_an_inactive_synced_user_is_refused_with_403(client, signer, db_session)
     response = client.get(ME, headers=bearer(signer.token(user_id)))
     assert response.status_code == 403
     assert response.get_json()["message"] == "Account disabled"
+
+
+def test_created_together_takes_each_user_once(db_session):
+    user_id = str(uuid.uuid4())
+    with pytest.raises(ValueError, match="at most once"):
+        profiles.apply_users_created(
+            db_session, [(created_data(user_id), T0), (created_data(user_id.upper()), T0)]
+        )
+
+
+def test_created_together_returns_profiles_in_order_and_none_for_the_deleted(db_session):
+    fresh, deleted, existing = (str(uuid.uuid4()) for _ in range(3))
+    profiles.apply_user_deleted(db_session, deleted, T0)
+    profiles.apply_user_created(db_session, created_data(existing, username="old"), T0)
+    profiles.apply_sessions_revoked(db_session, fresh, 1_800_000_000)
+    later = T0 + timedelta(seconds=1)
+    result = profiles.apply_users_created(
+        db_session,
+        [
+            (created_data(fresh, username="fresh"), later),
+            (created_data(deleted), later),
+            (created_data(existing, username="new"), later),
+        ],
+    )
+    db_session.commit()
+    assert [p and p.username for p in result] == ["fresh", None, "new"]
+    assert result[0].tokens_valid_after == 1_800_000_000
+    assert db_session.get(PendingRevocation, fresh) is None
+    assert db_session.get(Profile, deleted) is None
