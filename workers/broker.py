@@ -49,15 +49,20 @@ def dead_letter_queue(queue: str) -> str:
     return f"{queue}.dead"
 
 
-def connect(settings: BrokerSettings, name: str) -> pika.BlockingConnection:
-    """One blocking connection with heartbeats, named for the management UI."""
+def connection_parameters(settings: BrokerSettings, name: str) -> pika.URLParameters:
+    """Connection parameters with heartbeats, named for the management UI."""
     params = pika.URLParameters(settings.url)
     params.heartbeat = settings.heartbeat
     params.blocked_connection_timeout = 60
     params.connection_attempts = 1
     params.socket_timeout = 5
     params.client_properties = {"connection_name": name}
-    return pika.BlockingConnection(params)
+    return params
+
+
+def connect(settings: BrokerSettings, name: str) -> pika.BlockingConnection:
+    """One blocking connection with heartbeats, named for the management UI."""
+    return pika.BlockingConnection(connection_parameters(settings, name))
 
 
 def declare_exchanges(channel: BlockingChannel) -> None:

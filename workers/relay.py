@@ -1,9 +1,11 @@
 """``python -m workers.relay auth|user``: publish one app's transactional outbox.
 
-Rows go out in ``seq`` order with publisher confirms and ``mandatory``; a row is
-marked published only after the broker confirmed it. A row the broker cannot
-route (no queue bound yet) or refuses stays pending and is tried again with
-backoff, holding back the rows behind it so their order is kept.
+Rows go out in ``seq`` order with publisher confirms and ``mandatory``, a batch
+at a time with every message of it in flight at once (workers/publisher.py); a
+row is marked published only after the broker confirmed it. A row the broker
+cannot route (no queue bound yet) or refuses stays pending and is tried again
+with backoff; rows behind it that the broker took are not sent twice, so such a
+row can arrive after them (consumers are built for late events).
 
 Several relays of one app may run at once on PostgreSQL: each batch is taken
 with ``FOR UPDATE SKIP LOCKED``, so no row is published by two relays at the
@@ -17,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import select
 import sys
 from dataclasses import dataclass, field
 
@@ -38,9 +39,9 @@ from workers.broker import (
     close_quietly,
     connect,
     declare_exchanges,
-    pause,
     run_forever,
 )
+from workers.publisher import ConfirmingPublisher, Message
 from workers.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,14 @@ class Relay:
         self._listener = None
 
     # -- publishing ----------------------------------------------------------
-    def publish_batch(self, channel) -> tuple[int, bool]:
-        """Publish up to ``batch_size`` pending rows; returns (sent, held back)."""
-        held = False
-        lost: BaseException | None = None
+    def publish_batch(self, publisher: ConfirmingPublisher) -> tuple[int, bool]:
+        """Publish up to ``batch_size`` pending rows; returns (sent, any refused).
+
+        The whole batch is in flight at once; each row the broker confirmed
+        is marked published, in the transaction that holds the rows' locks.
+        A row the broker returned or refused stays pending for the next try.
+        """
         model = self.outbox_model
-        published: list[int] = []
         with Session(self.engine) as session, session.begin():
             query = (
                 sql_select(
@@ -83,37 +86,33 @@ class Relay:
             )
             if self.postgres:
                 query = query.with_for_update(skip_locked=True)
-            for row in session.execute(query):
-                try:
-                    channel.basic_publish(
-                        row.exchange,
-                        row.routing_key,
-                        row.body.encode(),
-                        properties=_properties(row),
-                        mandatory=True,
-                    )
-                except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as error:
-                    held = True
-                    self._count_attempt(session, [row.seq])
-                    log.warning(
-                        "outbox %s %s not accepted by the broker (%s); will retry",
-                        row.routing_key,
-                        row.message_id,
-                        type(error).__name__,
-                    )
-                    break
-                except CONNECTION_ERRORS as error:
-                    # Keep what was confirmed; this row goes out on the next connection.
-                    lost = error
-                    break
-                published.append(row.seq)
+            rows = session.execute(query).all()
+            if not rows:
+                return 0, False
+            answer = publisher.publish(
+                [
+                    Message(row.exchange, row.routing_key, row.body.encode(), _properties(row))
+                    for row in rows
+                ]
+            )
+            published = [row.seq for row, ok in zip(rows, answer.outcomes, strict=True) if ok]
+            refused = [row for row, ok in zip(rows, answer.outcomes, strict=True) if ok is False]
             # One statement marks the whole batch, in the transaction holding its row locks.
             self._count_attempt(session, published, published_at=utcnow())
-        if lost is not None:
-            raise lost
+            self._count_attempt(session, [row.seq for row in refused])
+        if refused:
+            log.warning(
+                "%d outbox rows not accepted by the broker (first: %s %s); will retry",
+                len(refused),
+                refused[0].routing_key,
+                refused[0].message_id,
+            )
         if published:
             log.info("published %d outbox rows", len(published))
-        return len(published), held
+        if answer.error is not None:
+            # Kept what was confirmed; the rest goes out on the next connection.
+            raise answer.error
+        return len(published), bool(refused)
 
     def _count_attempt(self, session: Session, seqs: list[int], **values) -> None:
         if seqs:
@@ -144,54 +143,60 @@ class Relay:
                 self._listener.invalidate()
             self._listener = None
 
-    def wait_for_rows(self, connection) -> None:
-        """Block until a new outbox row may exist, servicing broker heartbeats."""
+    def wait_for_rows(self, publisher: ConfirmingPublisher) -> None:
+        """Block until a new outbox row may exist, servicing the broker connection."""
         try:
             listener = self._listen()
         except DB_ERRORS:
             listener = None
         if listener is None:
-            connection.sleep(self.idle_poll)
+            publisher.wait([self.stopper.wake_fd], self.idle_poll)
             return
         try:
-            ready, _, _ = select.select(
-                [listener, self.stopper.wake_fd], [], [], self.listen_timeout
-            )
-            if listener in ready:
+            listener.poll()
+            if not listener.notifies:
+                publisher.wait([listener.fileno(), self.stopper.wake_fd], self.listen_timeout)
                 listener.poll()
-                listener.notifies.clear()
+            listener.notifies.clear()
+        except CONNECTION_ERRORS:
+            raise
         except Exception as error:  # noqa: BLE001 - any listener failure: rebuild it later
             log.warning("outbox listener lost (%s)", type(error).__name__)
             self._drop_listener()
-        connection.process_data_events(time_limit=0)
+
+    def _pause(self, publisher: ConfirmingPublisher, seconds: float) -> None:
+        publisher.wait([self.stopper.wake_fd], seconds)
 
     # -- the loop ------------------------------------------------------------
     def _session(self) -> None:
+        # Exchanges first, on a short blocking connection; then the publisher's own.
         connection = connect(self.settings, self.name)
         try:
-            channel = connection.channel()
-            declare_exchanges(channel)
-            channel.confirm_delivery()
+            declare_exchanges(connection.channel())
+        finally:
+            close_quietly(connection)
+        publisher = ConfirmingPublisher(self.settings, self.name)
+        try:
             log.info("%s publishing", self.name)
             retry = 0.5
             while not self.stopper.stopping:
                 try:
-                    sent, held = self.publish_batch(channel)
+                    sent, held = self.publish_batch(publisher)
                 except DB_ERRORS as error:
                     log.warning("outbox database unavailable (%s); retrying", type(error).__name__)
                     self._drop_listener()
-                    pause(connection, retry, self.stopper)
+                    self._pause(publisher, retry)
                     retry = min(10.0, retry * 2)
                     continue
                 if held:
-                    pause(connection, retry, self.stopper)
+                    self._pause(publisher, retry)
                     retry = min(10.0, retry * 2)
                     continue
                 retry = 0.5
                 if sent < self.batch_size:
-                    self.wait_for_rows(connection)
+                    self.wait_for_rows(publisher)
         finally:
-            close_quietly(connection)
+            publisher.close()
 
     def run(self, *, install_signals: bool = True) -> int:
         """Publish until SIGTERM/SIGINT, reconnecting after any failure; returns 0."""

@@ -28,6 +28,7 @@ from common.events import (
 )
 from workers.broker import USER_QUEUE, connect, dead_letter_queue, declare_exchanges, declare_queue
 from workers.consumer import Consumer
+from workers.publisher import ConfirmingPublisher
 from workers.relay import Relay
 from workers.tests.conftest import Running, broker_settings, drain, queue_depth
 
@@ -115,12 +116,14 @@ def relay_once(engine, url) -> tuple[int, bool]:
     relay = Relay("test_relay", Outbox, engine, broker_settings(url))
     connection = connect(relay.settings, "test")
     try:
-        channel = connection.channel()
-        declare_exchanges(channel)
-        channel.confirm_delivery()
-        return relay.publish_batch(channel)
+        declare_exchanges(connection.channel())
     finally:
         connection.close()
+    publisher = ConfirmingPublisher(relay.settings, "test")
+    try:
+        return relay.publish_batch(publisher)
+    finally:
+        publisher.close()
 
 
 def test_relay_publishes_rows_in_order_with_the_contract_properties(engine, amqp_url):
