@@ -47,6 +47,15 @@ def handle_user_created(envelope: Envelope, session: Session) -> None:
     accounts.mark_provisioned(session, user_id, datetime.fromisoformat(envelope.occurred_at))
 
 
+def handle_users_created(envelopes: list[Envelope], session: Session) -> None:
+    """``user.created`` for a batch: every account marked in one statement."""
+    times: dict[str, datetime] = {}
+    for envelope in envelopes:
+        # The first answer for a user wins, as it would one by one.
+        times.setdefault(_user_id(envelope), datetime.fromisoformat(envelope.occurred_at))
+    accounts.mark_many_provisioned(session, times)
+
+
 def handle_user_updated(envelope: Envelope, session: Session, revocation: RevocationStore) -> None:
     """``user.updated``: an administrator changed ``is_active`` or ``roles``."""
     user_id = _user_id(envelope)
@@ -96,6 +105,7 @@ def build_consumer(
         name="auth_worker",
         queue=AUTH_QUEUE,
         handlers=handlers(revocation),
+        batch_handlers={"user.created": handle_users_created},
         sessions=sessionmaker(engine, expire_on_commit=False),
         processed_model=ProcessedMessage,
         settings=settings,

@@ -56,6 +56,26 @@ def test_mark_provisioned_sets_the_time_once(db, user):
     assert accounts.mark_provisioned(db, str(uuid.uuid4()), first) is False
 
 
+def test_mark_many_provisioned_sets_each_time_once(db, user):
+    other = accounts.register(
+        db,
+        PasswordHasher(4, "pepper"),
+        email="other@example.com",
+        username="other",
+        password=PASSWORD,
+        min_length=8,
+    )
+    first = utcnow()
+    accounts.mark_provisioned(db, user.id, first)
+    db.commit()
+    later = first + timedelta(seconds=5)
+    accounts.mark_many_provisioned(db, {user.id: later, other.id: later, str(uuid.uuid4()): later})
+    db.commit()
+    db.expire_all()
+    assert db.get(User, user.id).provisioned_at == first
+    assert db.get(User, other.id).provisioned_at == later
+
+
 def test_admin_changes_apply_in_order_and_stale_ones_are_ignored(db, store, user):
     now = utcnow()
     assert accounts.apply_admin_changes(db, store, user.id, {"roles": ["admin", "user"]}, now)
