@@ -14,7 +14,7 @@ class BrokerSettings:
     url: str
     queue_type: str = "quorum"
     max_tries: int = 5
-    prefetch: int = 20
+    prefetch: int = 100
     heartbeat: int = 30
 
     @classmethod
@@ -25,6 +25,6 @@ class BrokerSettings:
             url=rabbitmq_url(env),
             queue_type=env.choice("RABBITMQ_QUEUE_TYPE", "quorum", ("quorum", "classic")),
             max_tries=env.int("WORKER_MAX_TRIES", 5, minimum=1, maximum=100),
-            prefetch=env.int("WORKER_PREFETCH", 20, minimum=1, maximum=1000),
+            prefetch=env.int("WORKER_PREFETCH", 100, minimum=1, maximum=1000),
             heartbeat=env.int("RABBITMQ_HEARTBEAT", 30, minimum=0, maximum=600),
         )
