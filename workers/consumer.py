@@ -236,18 +236,31 @@ class Consumer:
             deliveries = channel.consume(self.queue, inactivity_timeout=0.5)
             for method, properties, body in deliveries:
                 if method is not None:
-                    batch = [(method, properties, body)]
-                    # Only what is already buffered: never wait to fill a batch.
-                    while (
-                        len(batch) < self.settings.prefetch and channel.get_waiting_message_count()
-                    ):
-                        batch.append(next(deliveries))
-                    self.deliver_batch(connection, channel, batch)
+                    self.deliver_batch(
+                        connection,
+                        channel,
+                        self._gather(connection, channel, deliveries, method, properties, body),
+                    )
                 if self.stopper.stopping:
                     break
             channel.cancel()
         finally:
             close_quietly(connection)
+
+    def _gather(self, connection, channel, deliveries, *first) -> list:
+        """The first delivery and those that have already arrived after it, up to the prefetch.
+
+        Never waits for more: a lone message is applied at once.
+        """
+        batch = [first]
+        while len(batch) < self.settings.prefetch:
+            if not channel.get_waiting_message_count():
+                # Read what the socket holds already, without blocking.
+                connection.process_data_events(time_limit=0)
+                if not channel.get_waiting_message_count():
+                    break
+            batch.append(next(deliveries))
+        return batch
 
     def run(self, *, install_signals: bool = True) -> int:
         """Consume until SIGTERM/SIGINT, reconnecting after any failure; returns 0."""
