@@ -322,19 +322,25 @@ def measure_pipeline(plan, system, auth_engine, user_engine, rows, raw) -> None:
         ],
         "drains": [d.to_dict() for d in drains],
     }
+    # The ceiling is the raw procedure the issue names: publish every message
+    # with confirms one by one, then consume and ack them; its msg/s is the
+    # count over both phases. Its publish phase alone is shown too.
+    drain_rate = median(d.rate for d in drains)
+    raw_publish = median(p for p, _c, _s in ceiling_runs)
     rows.append(
         Row(
             f"pipeline drain msg/s ({plan.drain_rows})",
-            median(d.rate for d in drains),
-            ceiling=median(p for p, _c, _s in ceiling_runs),
+            drain_rate,
+            ceiling=median(s for _p, _c, s in ceiling_runs),
             ratio_target=0.5,
         )
     )
+    rows.append(Row("  against raw publish alone", drain_rate, ceiling=raw_publish))
     rows.append(
         Row(
             "  relay alone msg/s",
             median(d.count / d.published_s for d in drains),
-            ceiling=median(p for p, _c, _s in ceiling_runs),
+            ceiling=raw_publish,
         )
     )
     rows.append(Row("  raw consume+ack msg/s", median(c for _p, c, _s in ceiling_runs)))
