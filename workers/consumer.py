@@ -163,10 +163,6 @@ class Consumer:
             first_error = error if position == failed_at else None
             self._settle_alone(connection, channel, tag, properties, envelope, first_error)
 
-    def deliver(self, connection, channel, method, properties, body: bytes) -> None:
-        """Apply one delivery and settle it (ack, or reject to the dead-letter queue)."""
-        self.deliver_batch(connection, channel, [(method, properties, body)])
-
     def _parse(self, channel, method, properties, body: bytes) -> Envelope | None:
         try:
             return parse_envelope(body)
