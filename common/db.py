@@ -8,12 +8,14 @@ and never commit; the view, the job or the message handler does.
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 import select
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, has_request_context, request
 from flask_smorest import abort
 from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Engine, make_url
@@ -157,12 +159,53 @@ def _ping_suspect_connections(engine: Engine, idle_after: float) -> None:
             raise InvalidatePoolError(f"connection found dead on checkout: {error}") from error
 
 
+# Requests that only read, as HTTP defines them; their statements run in autocommit.
+READ_METHODS = frozenset({"GET", "HEAD"})
+_READS_IN_AUTOCOMMIT = "reads_in_autocommit"
+_LOCKING_CLAUSE = re.compile(r"\bFOR\s+(?:NO\s+KEY\s+UPDATE|UPDATE|KEY\s+SHARE|SHARE)\b", re.I)
+
+
+@functools.lru_cache(maxsize=512)
+def _only_reads(statement: str) -> bool:
+    """Whether a statement is a plain SELECT: no write, no row lock (statements repeat: cached)."""
+    return statement.lstrip()[:6].upper() == "SELECT" and not _LOCKING_CLAUSE.search(statement)
+
+
+def _begin_before_first_write(engine: Engine) -> None:
+    """Reads in autocommit last until the first statement that is not a plain SELECT.
+
+    That statement and every one after it run in one transaction (psycopg2
+    sends BEGIN before it), which the view commits as usual. A connection goes
+    back to the pool with autocommit off.
+    """
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _begin_transaction_before_write(conn, _cursor, statement, *_args):
+        if conn.info.get(_READS_IN_AUTOCOMMIT) and not _only_reads(statement):
+            del conn.info[_READS_IN_AUTOCOMMIT]
+            conn.connection.dbapi_connection.autocommit = False
+
+    @event.listens_for(engine, "checkin")
+    def _end_autocommit(dbapi_connection, record):
+        if record.info.pop(_READS_IN_AUTOCOMMIT, False) and dbapi_connection is not None:
+            dbapi_connection.autocommit = False
+
+
+def _read_in_autocommit(session: Session) -> None:
+    """Run the session's reads in autocommit (see init_database)."""
+    connection = session.connection()
+    connection.connection.dbapi_connection.autocommit = True
+    connection.info[_READS_IN_AUTOCOMMIT] = True
+
+
 @dataclass
 class Database:
     """An app's engine and session factory, kept in ``app.extensions['database']``."""
 
     engine: Engine
     sessionmaker: sessionmaker[Session]
+    # Whether GET and HEAD requests read in autocommit (see init_database).
+    autocommit_reads: bool = False
 
     @classmethod
     def from_url(cls, url: str) -> Database:
@@ -175,13 +218,27 @@ class Database:
         return cls(engine, sessionmaker(engine, expire_on_commit=False))
 
 
-def init_database(app: Flask, base: type[DeclarativeBase]) -> Database:
+def init_database(
+    app: Flask, base: type[DeclarativeBase], *, autocommit_reads: bool = False
+) -> Database:
     """Attach a Database to ``app`` and release the request's session at teardown.
 
     With ``CREATE_SCHEMA`` set (tests on in-memory SQLite) the tables are
     created from the models; everywhere else Alembic owns the schema.
+
+    With ``autocommit_reads`` (PostgreSQL only), a GET or HEAD request's
+    session reads in autocommit: no BEGIN before its first SELECT and no
+    COMMIT or ROLLBACK after its last, two round trips fewer per read. Under
+    PostgreSQL's READ COMMITTED each statement of a transaction sees its own
+    snapshot anyway, so the reads see what they would have seen inside one.
+    Should such a request write after all (or lock rows with ``FOR UPDATE``),
+    a transaction begins before that statement and holds everything after it,
+    so the writes stay atomic; the view commits them as usual.
     """
     database = Database.from_url(app.config["DATABASE_URL"])
+    if autocommit_reads and database.engine.dialect.name == "postgresql":
+        _begin_before_first_write(database.engine)
+        database.autocommit_reads = True
     app.extensions["database"] = database
     if app.config.get("CREATE_SCHEMA"):
         base.metadata.create_all(database.engine)
@@ -200,7 +257,10 @@ def init_database(app: Flask, base: type[DeclarativeBase]) -> Database:
 def get_session() -> Session:
     """The current request's session, opened on first use."""
     if "db_session" not in g:
-        g.db_session = current_app.extensions["database"].sessionmaker()
+        database = current_app.extensions["database"]
+        g.db_session = database.sessionmaker()
+        if database.autocommit_reads and has_request_context() and request.method in READ_METHODS:
+            _read_in_autocommit(g.db_session)
     return g.db_session
 
 

@@ -25,7 +25,8 @@ def create_app(config: dict | None = None) -> Flask:
     try:
         app.config.update(load_config(config))
         configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
-        database = init_database(app, Base)
+        # Reading a profile is the common request: no transaction around it.
+        database = init_database(app, Base, autocommit_reads=True)
         init_auth(app)
     except ConfigError as error:
         fail(error)

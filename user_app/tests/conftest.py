@@ -97,8 +97,14 @@ def app_config(signer: Signer, **overrides) -> dict:
 
 
 @pytest.fixture
-def app(signer):
-    app = create_app(app_config(signer))
+def database_url() -> str:
+    """The app's database: in-memory SQLite (test_on_postgresql.py reruns tests on PostgreSQL)."""
+    return "sqlite://"
+
+
+@pytest.fixture
+def app(signer, database_url):
+    app = create_app(app_config(signer, DATABASE_URL=database_url))
     yield app
     app.extensions["database"].engine.dispose()
 
