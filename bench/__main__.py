@@ -31,7 +31,14 @@ READ_CONNECTIONS = 16
 MAX_LOAD = 1.5
 # What every web worker imports before serving a request: a process with only
 # these loaded shows the resident floor no app code can go below.
-IMPORT_FLOOR = ["flask", "flask_smorest", "sqlalchemy", "psycopg2", "jwt", "cryptography.x509"]
+IMPORT_FLOOR = [
+    "flask",
+    "flask_smorest",
+    "sqlalchemy.orm",
+    "psycopg2",
+    "jwt",
+    "cryptography.x509",
+]
 
 
 @dataclass(frozen=True)
