@@ -23,13 +23,16 @@ ADMIN = "admin"
 
 def _own_profile():
     # The token check has just read the caller's profile; only a user whose
-    # sync has not arrived yet needs it created here.
+    # sync has not arrived yet needs it created here. A read then has nothing
+    # to commit: only the creation does.
     profile = g.get("account_profile")
     if profile is not None:
         return profile
-    profile = profiles.ensure_profile(get_session(), g.claims)
+    session = get_session()
+    profile = profiles.ensure_profile(session, g.claims)
     if profile is None:  # deleted between the token check and now
         abort(401, message="Invalid token: account deleted")
+    session.commit()
     return profile
 
 
@@ -48,9 +51,7 @@ class Me(MethodView):
     @blp.response(200, ProfileSchema)
     def get(self):
         """Your profile (created from your token if the registration sync has not arrived)."""
-        profile = _own_profile()
-        get_session().commit()
-        return profile
+        return _own_profile()
 
     @login_required
     @blp.arguments(ProfileUpdateSchema)
@@ -105,9 +106,7 @@ class User(MethodView):
     def get(self, user_id):
         """One user's profile: your own, or anyone's for an administrator."""
         if g.claims["sub"] == user_id:
-            profile = _own_profile()
-            get_session().commit()
-            return profile
+            return _own_profile()
         if not has_role(ADMIN):
             abort(403, message="You may only read your own profile")
         return _profile_or_404(user_id)
