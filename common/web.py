@@ -105,27 +105,46 @@ def accept_request_id(value: str | None) -> str:
     return new_request_id()
 
 
+# Set on every answer unless the view set them itself; Cache-Control only under /api/.
+SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
+API_CACHE_HEADER = ("Cache-Control", "no-store")
+_REQUEST_ID_ENVIRON_KEY = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
+
+
 def _install_request_ids(app: Flask) -> None:
+    # These run on every request: each header is looked up once, in one pass
+    # (werkzeug's Headers.setdefault raises and catches an HTTPException for
+    # every header that is missing, which is the usual case here).
     @app.before_request
     def _bind_request_id():
-        g.request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
-        g.request_id_token = request_id_var.set(g.request_id)
-        g.request_started = time.perf_counter()
+        request_id = accept_request_id(request.environ.get(_REQUEST_ID_ENVIRON_KEY))
+        context = g._get_current_object()
+        context.request_id = request_id
+        context.request_id_token = request_id_var.set(request_id)
+        context.request_started = time.perf_counter()
 
     @app.after_request
     def _stamp_response(response):
-        request_id = g.get("request_id") or accept_request_id(None)
-        response.headers[REQUEST_ID_HEADER] = request_id
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        if request.path.startswith("/api/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        started = g.get("request_started")
-        if started is not None and not request.path.startswith(SWAGGER_ASSETS):
+        context = g._get_current_object()
+        headers = response.headers
+        headers.set(REQUEST_ID_HEADER, getattr(context, "request_id", None) or new_request_id())
+        path = request.path
+        present = {name.lower() for name, _value in headers.items()}
+        for name, value in SECURITY_HEADERS:
+            if name.lower() not in present:
+                headers.add(name, value)
+        if path.startswith("/api/") and "cache-control" not in present:
+            headers.add(*API_CACHE_HEADER)
+        started = getattr(context, "request_started", None)
+        if (
+            started is not None
+            and log.isEnabledFor(logging.INFO)
+            and not path.startswith(SWAGGER_ASSETS)
+        ):
             log.info(
                 "%s %s %s %.1fms",
                 request.method,
-                request.path,
+                path,
                 response.status_code,
                 (time.perf_counter() - started) * 1000,
             )

@@ -18,6 +18,18 @@ def make_app() -> Flask:
     def boom():
         raise RuntimeError("SELECT password FROM users WHERE token='eyJhbGciOi.eyJzdWIiOi.sig'")
 
+    @app.get("/api/plain")
+    def plain():
+        return {"ok": True}
+
+    @app.get("/api/own-headers")
+    def own_headers():
+        return {"ok": True}, 200, {"cache-control": "max-age=60", "Referrer-Policy": "origin"}
+
+    @app.get("/page")
+    def page():
+        return "page"
+
     create_api(app)
     return app
 
@@ -65,3 +77,34 @@ def test_log_lines_mask_tokens_and_passwords_in_messages_and_tracebacks(capsys):
         for secret in ("hunter2", "abc123", "eyJhbGciOi.eyJzdWIiOi"):
             assert secret not in err, (fmt, err)
         assert "[redacted" in err
+
+
+def test_security_headers_are_added_once_and_never_override_the_views_own():
+    client = make_app().test_client()
+    api = client.get("/api/plain")
+    assert api.headers.getlist("X-Content-Type-Options") == ["nosniff"]
+    assert api.headers.getlist("Referrer-Policy") == ["no-referrer"]
+    assert api.headers.getlist("Cache-Control") == ["no-store"]
+    assert len(api.headers.getlist("X-Request-ID")) == 1
+    own = client.get("/api/own-headers")
+    assert own.headers.getlist("Cache-Control") == ["max-age=60"]
+    assert own.headers.getlist("Referrer-Policy") == ["origin"]
+    assert own.headers.getlist("X-Content-Type-Options") == ["nosniff"]
+    page = client.get("/page")
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Cache-Control" not in page.headers
+    missing = client.get("/api/nothing-here", headers={"X-Request-ID": "trace-7"})
+    assert missing.status_code == 404
+    assert missing.headers["X-Request-ID"] == "trace-7"
+    assert missing.headers["Cache-Control"] == "no-store"
+
+
+def test_each_request_is_logged_once_with_its_id_and_status(caplog):
+    client = make_app().test_client()
+    caplog.handler.addFilter(ContextFilter())
+    with caplog.at_level(logging.INFO, logger="request"):
+        client.get("/api/plain", headers={"X-Request-ID": "line-1"})
+    lines = [r for r in caplog.records if r.name == "request"]
+    assert len(lines) == 1
+    assert lines[0].getMessage().startswith("GET /api/plain 200 ")
+    assert lines[0].request_id == "line-1"
