@@ -229,8 +229,9 @@ def init_database(
     With ``autocommit_reads`` (PostgreSQL only), a GET or HEAD request's
     session reads in autocommit: no BEGIN before its first SELECT and no
     COMMIT or ROLLBACK after its last, two round trips fewer per read. Under
-    PostgreSQL's READ COMMITTED each statement of a transaction sees its own
-    snapshot anyway, so the reads see what they would have seen inside one.
+    READ COMMITTED, PostgreSQL's default and the level the project runs at,
+    each statement of a transaction sees its own snapshot anyway, so the reads
+    see what they would have seen inside one.
     Should such a request write after all (or lock rows with ``FOR UPDATE``),
     a transaction begins before that statement and holds everything after it,
     so the writes stay atomic; the view commits them as usual.
