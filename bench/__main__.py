@@ -435,10 +435,11 @@ def measure_memory(plan, system, auth, token, rows, raw) -> None:
 def check_errors(what: str, runs) -> None:
     """A run answered with errors measured the wrong thing: stop with a clear message.
 
-    A socket error or two (a connection closed as gunicorn recycles a worker)
-    is part of the service's behaviour; more than 1 in 1,000 is not.
+    Any non-2xx answer is. Socket errors are not, up to 1 in 100: gunicorn
+    recycles each worker every ~10,000 requests (max_requests, as the Procfile
+    runs it), closing its kept-alive connections, 1-2 times in a run.
     """
-    bad = [r for r in runs if r.non_2xx or r.errors * 1000 > r.requests or not r.requests]
+    bad = [r for r in runs if r.non_2xx or r.errors * 100 > r.requests or not r.requests]
     if bad:
         raise BenchError(f"{what}: {bad[0].errors} errors in {bad[0].requests} requests")
 
