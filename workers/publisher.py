@@ -114,22 +114,17 @@ class ConfirmingPublisher:
     def _on_open(self, connection) -> None:
         connection.channel(on_open_callback=self._on_channel_open)
 
-    def _on_open_error(self, _connection, error) -> None:
-        self._error = (
-            error
-            if isinstance(error, BaseException)
-            else pika.exceptions.AMQPConnectionError(str(error))
-        )
+    def _fail(self, reason, kind: type[BaseException]) -> None:
+        # The first failure is the one raised; a close this publisher asked for is none.
+        if not self._closing and self._error is None:
+            self._error = reason if isinstance(reason, BaseException) else kind(str(reason))
         self._stop_loop()
 
+    def _on_open_error(self, _connection, error) -> None:
+        self._fail(error, pika.exceptions.AMQPConnectionError)
+
     def _on_closed(self, _connection, reason) -> None:
-        if not self._closing and self._error is None:
-            self._error = (
-                reason
-                if isinstance(reason, BaseException)
-                else pika.exceptions.ConnectionClosed(0, str(reason))
-            )
-        self._stop_loop()
+        self._fail(reason, pika.exceptions.AMQPConnectionError)
 
     def _on_channel_open(self, channel) -> None:
         self._channel = channel
@@ -142,17 +137,11 @@ class ConfirmingPublisher:
         self._stop_loop()
 
     def _on_channel_closed(self, _channel, reason) -> None:
-        if not self._closing and self._error is None:
-            self._error = (
-                reason
-                if isinstance(reason, BaseException)
-                else pika.exceptions.ChannelClosed(0, str(reason))
-            )
+        self._fail(reason, pika.exceptions.AMQPChannelError)
         # The channel is gone; so is this publisher.
         if self.connection.is_open:
             self._closing = True
             self.connection.close()
-        self._stop_loop()
 
     def _on_return(self, _channel, method, properties, _body) -> None:
         # The broker returns an unroutable mandatory message before it acks it.
