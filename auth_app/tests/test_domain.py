@@ -34,18 +34,22 @@ def db():
     engine.dispose()
 
 
-@pytest.fixture
-def user(db):
+def new_account(db, name: str) -> User:
     account = accounts.register(
         db,
         PasswordHasher(4, "pepper"),
-        email="Worker@Example.com",
-        username="Worker",
+        email=f"{name}@Example.com",
+        username=name,
         password=PASSWORD,
         min_length=8,
     )
     db.commit()
     return account
+
+
+@pytest.fixture
+def user(db):
+    return new_account(db, "Worker")
 
 
 def test_mark_provisioned_sets_the_time_once(db, user):
@@ -57,14 +61,7 @@ def test_mark_provisioned_sets_the_time_once(db, user):
 
 
 def test_mark_many_provisioned_sets_each_time_once(db, user):
-    other = accounts.register(
-        db,
-        PasswordHasher(4, "pepper"),
-        email="other@example.com",
-        username="other",
-        password=PASSWORD,
-        min_length=8,
-    )
+    other = new_account(db, "other")
     first = utcnow()
     accounts.mark_provisioned(db, user.id, first)
     db.commit()

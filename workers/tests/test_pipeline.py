@@ -11,29 +11,17 @@ from contextlib import ExitStack
 import jwt
 import pytest
 
-from common.testing import check_redis, fresh_postgres_database, run_id, write_test_keys
-from workers.tests.system import System, wait_until
+from workers.tests.system import System, fresh_system, wait_until
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory, amqp_url):
-    check_redis()
-    keys = write_test_keys(tmp_path_factory.mktemp("keys"))
     with (
-        fresh_postgres_database("loop_auth") as auth_url,
-        fresh_postgres_database("loop_user") as user_url,
+        fresh_system("loop", tmp_path_factory.mktemp("keys"), amqp_url) as system,
+        ExitStack() as stack,
     ):
-        system = System(
-            auth_url=auth_url,
-            user_url=user_url,
-            amqp_url=amqp_url,
-            redis_prefix=f"test:loop:{run_id()}:",
-            keys=keys,
-        )
-        with ExitStack() as stack:
-            system.threads(stack)
-            yield system
-        system.close()
+        system.threads(stack)
+        yield system
 
 
 def bearer(tokens: dict) -> dict:
