@@ -53,8 +53,10 @@ class Applied(Base):
 
 
 @pytest.fixture
-def engine():
-    engine = make_engine("sqlite://")
+def engine(tmp_path):
+    # A file, not in-memory SQLite: that shares one connection between every
+    # thread, so the test's own reads would end the consumer's open transaction.
+    engine = make_engine(f"sqlite:///{tmp_path / 'mechanics.db'}")
     Base.metadata.create_all(engine)
     yield engine
     engine.dispose()
