@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from datetime import datetime
 
 from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from auth_app import sessions
+from auth_app import login_sessions
 from auth_app.login_throttle import LoginThrottle
 from auth_app.models import OutboxEvent, User
 from auth_app.passwords import PasswordHasher, check_policy
 from auth_app.revocation import RevocationStore
 from common.db import utcnow
-from common.events import USER_EVENTS, emit
+from common.events import USER_SYNC
+from common.fields import ROLE_NAME
+from common.outbox import emit
 
 log = logging.getLogger("auth_app.accounts")
-
-ROLE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-SYNC_EVENT = "user.sync"
-SOURCE = "auth_app"
 
 
 class AccountExists(Exception):
@@ -67,15 +64,8 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
-def _sync(session: Session, user_id: str, action: str, **data) -> None:
-    emit(
-        session,
-        OutboxEvent,
-        exchange=USER_EVENTS,
-        event_type=SYNC_EVENT,
-        source=SOURCE,
-        data={"user_id": user_id, "action": action, **data},
-    )
+def _sync(session: Session, user_id: str, action: str, **data: object) -> None:
+    emit(session, OutboxEvent, USER_SYNC, {"user_id": user_id, "action": action, **data})
 
 
 def register(
@@ -116,7 +106,7 @@ def register(
         username=user.username,
         roles=list(user.roles),
         is_active=user.is_active,
-        created_at=user.created_at.isoformat(),
+        created_at=user.created_at,
     )
     log.info("registered user_id=%s", user.id)
     return user
@@ -184,7 +174,7 @@ def revoke_everything(
 
     With ``announce`` a ``sessions_revoked`` sync tells the user service too.
     """
-    sessions.revoke_all(session, user.id, utcnow())
+    login_sessions.revoke_all(session, user.id, utcnow())
     cutoff = revocation.revoke_user(user.id)
     if announce:
         _sync(session, user.id, "sessions_revoked", revoked_before=cutoff)
@@ -214,7 +204,7 @@ def change_password(
 
 def _remove(session: Session, revocation: RevocationStore, user: User) -> None:
     revocation.revoke_user(user.id)
-    sessions.delete_all(session, user.id)
+    login_sessions.delete_all(session, user.id)
     session.delete(user)
     session.flush()
 
@@ -244,18 +234,11 @@ def delete_account_from_user_service(
     return True
 
 
-def mark_provisioned(session: Session, user_id: str, at: datetime) -> bool:
-    """Apply ``user.created``: the user service holds a profile. False if the user is gone."""
-    user = session.get(User, user_id)
-    if user is None:
-        return False
-    if user.provisioned_at is None:
-        user.provisioned_at = at
-    return True
+def mark_provisioned(session: Session, times: dict[str, datetime]) -> None:
+    """Apply ``user.created``: ``{user_id: at}``, each account marked once, in one statement.
 
-
-def mark_many_provisioned(session: Session, times: dict[str, datetime]) -> None:
-    """``mark_provisioned`` for many users in one statement: ``{user_id: at}``."""
+    The first time recorded stays; users that are gone are skipped.
+    """
     if times:
         session.execute(
             update(User)
@@ -267,7 +250,7 @@ def mark_many_provisioned(session: Session, times: dict[str, datetime]) -> None:
 
 def validate_role(role: str) -> str:
     """``role`` itself, or InvalidRole."""
-    if not isinstance(role, str) or not ROLE_PATTERN.match(role):
+    if not isinstance(role, str) or not ROLE_NAME.match(role):
         raise InvalidRole(f"invalid role {role!r}: use [a-z][a-z0-9_-]{{0,31}}")
     return role
 
@@ -281,18 +264,12 @@ def apply_admin_changes(
 ) -> bool:
     """Apply ``user.updated`` (``is_active`` and/or ``roles``) unless a newer change won.
 
-    Returns False when nothing was applied (unknown user or a stale change);
-    raises ValueError for changes that can never apply. Deactivation revokes
-    every session and token.
+    ``changes`` is what the catalogue's schema loaded (a boolean, role names).
+    Returns False when nothing was applied (unknown user or a stale change).
+    Deactivation revokes every session and token.
     """
     is_active = changes.get("is_active")
-    roles = changes.get("roles")
-    if is_active is not None and not isinstance(is_active, bool):
-        raise ValueError("is_active must be a boolean")
-    if roles is not None:
-        if not isinstance(roles, list):
-            raise ValueError("roles must be a list")
-        roles = sorted({validate_role(role) for role in roles})
+    roles = sorted(set(changes["roles"])) if "roles" in changes else None
     user = session.get(User, user_id)
     if user is None:
         return False

@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
-from flask import current_app
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from auth_app import accounts
-from auth_app.components import components
+from auth_app.extensions import revocation, settings
 from common.keys import generate_key_pair, rotate_key_pair
 
 keys_cli = AppGroup("keys", help="Manage the RS256 signing keys.")
 users_cli = AppGroup("users", help="Manage accounts.")
 
 
-def _key_paths():
-    config = current_app.config
-    if config.get("JWT_PRIVATE_KEY"):
+def init_app(app: Flask) -> None:
+    """Add the ``keys`` and ``users`` command groups to ``app``."""
+    app.cli.add_command(keys_cli)
+    app.cli.add_command(users_cli)
+
+
+def _key_paths() -> tuple[Path, Path]:
+    config = settings()
+    if config.jwt_private_key:
         raise click.ClickException(
             "JWT_PRIVATE_KEY is set: the key comes from the environment, not from files"
         )
-    return config["PRIVATE_KEY_PATH"], config["PUBLIC_KEY_PATH"]
+    if config.private_key_path is None or config.public_key_path is None:
+        raise click.ClickException("PRIVATE_KEY_PATH and PUBLIC_KEY_PATH must be set")
+    return config.private_key_path, config.public_key_path
 
 
 @keys_cli.command("generate")
@@ -42,8 +52,7 @@ def rotate_keys() -> None:
         raise click.ClickException(
             f"No key pair at {public_path}; run `flask --app auth_app keys generate` first"
         )
-    config = current_app.config
-    retain = config["ACCESS_TOKEN_EXPIRE_MINUTES"] * 60 + config["JWT_LEEWAY_SECONDS"]
+    retain = settings().key_retention_seconds
     old_kid, new_kid = rotate_key_pair(private_path, public_path, retain_seconds=retain)
     click.echo(f"Rotated signing key {old_kid} -> {new_kid}; {old_kid} stays trusted {retain}s.")
 
@@ -51,7 +60,7 @@ def rotate_keys() -> None:
 def _set_role(email: str, role: str, grant: bool) -> None:
     session = current_app.extensions["database"].sessionmaker()
     try:
-        user = accounts.set_role(session, components().revocation, email, role, grant=grant)
+        user = accounts.set_role(session, revocation(), email, role, grant=grant)
         session.commit()
     except accounts.InvalidRole as error:
         raise click.BadParameter(str(error), param_hint="ROLE") from None

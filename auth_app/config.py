@@ -1,25 +1,63 @@
-"""The auth service's configuration, read from the environment.
+"""The auth service's settings, read from the environment once per process.
 
 Every value has a name in the contract (or below) and a default that works on a
 developer's machine. A malformed value raises ConfigError naming the variable;
-``create_app`` turns that into one line and a non-zero exit.
+``create_app``, the CLI and the workers turn that into one line and a non-zero
+exit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from limits import parse_many
 
-from common.config import ConfigError, Env, database_url, redis_url
+from common.config import (
+    ConfigError,
+    Env,
+    WebSettings,
+    build_settings,
+    database_url,
+    redis_url,
+    web_settings_values,
+)
 
 # A fixed, public development pepper. It only keeps the pre-hash keyed; production
 # sets PASSWORD_PEPPER to its own secret (changing it invalidates every stored hash).
 DEV_PASSWORD_PEPPER = "auth-app-development-pepper"
-DEFAULT_ISSUER = "http://127.0.0.1:5001"
-DEFAULT_AUDIENCE = "user-service"
 DEFAULT_CLIENT_ID = "auth_app"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSettings(WebSettings):
+    """Everything the auth service is configured with."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    redis_key_prefix: str = "auth:"
+    private_key_path: Path | None = Path("keys/private.pem")
+    public_key_path: Path | None = Path("keys/public.pem")
+    jwt_private_key: str | None = None
+    jwt_public_key: str | None = None
+    jwt_client_id: str = DEFAULT_CLIENT_ID
+    refresh_token_expire_days: int = 30
+    bcrypt_rounds: int = 12
+    password_min_length: int = 8
+    password_pepper: str = DEV_PASSWORD_PEPPER
+    login_max_failures: int = 5
+    login_failure_window_seconds: int = 900
+    ratelimit_enabled: bool = True
+    ratelimit_auth: str = "20/minute"
+    ratelimit_key_prefix: str = "auth-limiter"
+    #: How long a refresh token lives.
+    refresh_token_ttl: timedelta = field(init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._derive("refresh_token_ttl", timedelta(days=self.refresh_token_expire_days))
 
 
 def database_url_from_env(env: Env | None = None) -> str:
@@ -28,7 +66,7 @@ def database_url_from_env(env: Env | None = None) -> str:
 
 
 def _rate_limit(env: Env, name: str, default: str) -> str:
-    value = env.str(name, default)
+    value = env.str(name, default) or default
     try:
         if not parse_many(value):
             raise ValueError(value)
@@ -37,44 +75,31 @@ def _rate_limit(env: Env, name: str, default: str) -> str:
     return value
 
 
-def load_config(overrides: Mapping | None = None, environ: Mapping[str, str] | None = None) -> dict:
-    """Every setting of the auth service; ``overrides`` (tests) win over the environment."""
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> AuthSettings:
+    """The auth service's settings; ``overrides`` (tests) win over the environment."""
     env = Env(environ)
     algorithm = env.str("ALGORITHM", "RS256")
     if algorithm != "RS256":
         raise ConfigError(f"ALGORITHM must be RS256, got {algorithm!r}")
-    access_minutes = env.int("ACCESS_TOKEN_EXPIRE_MINUTES", 15, minimum=1, maximum=24 * 60)
-    leeway = env.int("JWT_LEEWAY_SECONDS", 10, minimum=1, maximum=300)
-    config = {
-        "API_TITLE": "Auth service",
-        "DATABASE_URL": database_url_from_env(env),
-        "REDIS_URL": redis_url(env, "AUTH"),
-        "REDIS_KEY_PREFIX": env.str("AUTH_REDIS_KEY_PREFIX", "auth:"),
-        "ALGORITHM": algorithm,
-        "PRIVATE_KEY_PATH": Path(env.str("PRIVATE_KEY_PATH", "keys/private.pem")),
-        "PUBLIC_KEY_PATH": Path(env.str("PUBLIC_KEY_PATH", "keys/public.pem")),
-        "JWT_PRIVATE_KEY": env.str("JWT_PRIVATE_KEY"),
-        "JWT_PUBLIC_KEY": env.str("JWT_PUBLIC_KEY"),
-        "ACCESS_TOKEN_EXPIRE_MINUTES": access_minutes,
-        "REFRESH_TOKEN_EXPIRE_DAYS": env.int("REFRESH_TOKEN_EXPIRE_DAYS", 30, minimum=1),
-        "JWT_ISSUER": env.str("JWT_ISSUER", DEFAULT_ISSUER),
-        "JWT_AUDIENCE": env.str("JWT_AUDIENCE", DEFAULT_AUDIENCE),
-        "JWT_CLIENT_ID": env.str("JWT_CLIENT_ID", DEFAULT_CLIENT_ID),
-        "JWT_LEEWAY_SECONDS": leeway,
-        "BCRYPT_ROUNDS": env.int("BCRYPT_ROUNDS", 12, minimum=4, maximum=31),
-        "PASSWORD_MIN_LENGTH": env.int("PASSWORD_MIN_LENGTH", 8, minimum=1, maximum=1024),
-        "PASSWORD_PEPPER": env.str("PASSWORD_PEPPER", DEV_PASSWORD_PEPPER),
-        "LOGIN_MAX_FAILURES": env.int("LOGIN_MAX_FAILURES", 5, minimum=0),
-        "LOGIN_FAILURE_WINDOW_SECONDS": env.int("LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1),
-        "RATELIMIT_ENABLED": env.bool("RATELIMIT_ENABLED", True),
-        "RATELIMIT_AUTH": _rate_limit(env, "RATELIMIT_AUTH", "20/minute"),
-        "RATELIMIT_KEY_PREFIX": env.str("RATELIMIT_KEY_PREFIX", "auth-limiter"),
-        "CORS_ORIGINS": env.list("CORS_ORIGINS"),
-        "LOG_LEVEL": env.choice(
-            "LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")
-        ),
-        "LOG_FORMAT": env.choice("LOG_FORMAT", "json", ("json", "text")),
-        "MAX_CONTENT_LENGTH": 64 * 1024,
-    }
-    config.update(overrides or {})
-    return config
+    values = web_settings_values(env, leeway_minimum=1, access_maximum=24 * 60)
+    values.update(
+        redis_url=redis_url(env, "AUTH"),
+        redis_key_prefix=env.str("AUTH_REDIS_KEY_PREFIX", "auth:"),
+        private_key_path=Path(env.str("PRIVATE_KEY_PATH", "keys/private.pem")),
+        public_key_path=Path(env.str("PUBLIC_KEY_PATH", "keys/public.pem")),
+        jwt_private_key=env.str("JWT_PRIVATE_KEY"),
+        jwt_public_key=env.str("JWT_PUBLIC_KEY"),
+        jwt_client_id=env.str("JWT_CLIENT_ID", DEFAULT_CLIENT_ID),
+        refresh_token_expire_days=env.int("REFRESH_TOKEN_EXPIRE_DAYS", 30, minimum=1),
+        bcrypt_rounds=env.int("BCRYPT_ROUNDS", 12, minimum=4, maximum=31),
+        password_min_length=env.int("PASSWORD_MIN_LENGTH", 8, minimum=1, maximum=1024),
+        password_pepper=env.str("PASSWORD_PEPPER", DEV_PASSWORD_PEPPER),
+        login_max_failures=env.int("LOGIN_MAX_FAILURES", 5, minimum=0),
+        login_failure_window_seconds=env.int("LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1),
+        ratelimit_enabled=env.bool("RATELIMIT_ENABLED", True),
+        ratelimit_auth=_rate_limit(env, "RATELIMIT_AUTH", "20/minute"),
+        ratelimit_key_prefix=env.str("RATELIMIT_KEY_PREFIX", "auth-limiter"),
+    )
+    return build_settings(AuthSettings, values, overrides, lambda: database_url_from_env(env))

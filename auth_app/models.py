@@ -9,7 +9,7 @@ from sqlalchemy import JSON, Boolean, ForeignKey, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from common.db import UTCDateTime, new_metadata, utcnow
-from common.events import OutboxMixin, ProcessedMessageMixin
+from common.outbox import OutboxMixin, ProcessedMessageMixin
 
 
 def new_id() -> str:

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import redis
+
+from auth_app.config import AuthSettings
+
+REDIS_TIMEOUT_SECONDS = 2
 
 # Atomically: cut-off = max(now + 1, previous + 1), so it only ever moves forward.
 _RAISE_CUTOFF = """
@@ -28,15 +33,35 @@ return cutoff
 """
 
 
+def connect_redis(settings: AuthSettings, **options: Any) -> redis.Redis:
+    """A client of the service's Redis, with short timeouts (a dead Redis answers 503)."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        **options,
+    )
+
+
 class RevocationStore:
     """Revoked jtis, revoked sessions and per-user cut-offs under one key prefix."""
 
-    def __init__(self, client: redis.Redis, prefix: str, *, access_ttl: int, leeway: int):
+    def __init__(self, client: redis.Redis, prefix: str, *, access_ttl: int, leeway: int) -> None:
         self.client = client
         self.prefix = prefix
         # An entry must outlive every token it can concern, leeway included.
         self.leeway = leeway
         self.ttl = access_ttl + leeway + 1
+
+    @classmethod
+    def for_settings(cls, client: redis.Redis, settings: AuthSettings) -> RevocationStore:
+        """The store the web app, the CLI and the auth worker share."""
+        return cls(
+            client,
+            settings.redis_key_prefix,
+            access_ttl=settings.access_token_ttl,
+            leeway=settings.jwt_leeway_seconds,
+        )
 
     def _jti(self, jti: str) -> str:
         return f"{self.prefix}revoked:jti:{jti}"

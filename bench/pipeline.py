@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 from auth_app.models import OutboxEvent as AuthOutbox
 from bench.system import PASSWORD, BenchError
 from common.db import utcnow
-from common.events import USER_EVENTS, emit
+from common.events import USER_SYNC
+from common.outbox import emit
 from user_app.models import Profile
 
 
@@ -27,17 +28,15 @@ def fill_outbox(engine: Engine, count: int) -> list[str]:
     as if they had been waiting there. Returns the user ids.
     """
     ids = [str(uuid.uuid4()) for _ in range(count)]
-    now = utcnow().isoformat()
+    now = utcnow()
     with Session(engine) as session, session.begin():
         for user_id in ids:
             name = "b" + user_id.replace("-", "")[:20]
             emit(
                 session,
                 AuthOutbox,
-                exchange=USER_EVENTS,
-                event_type="user.sync",
-                source="auth_app",
-                data={
+                USER_SYNC,
+                {
                     "user_id": user_id,
                     "action": "created",
                     "email": f"{name}@example.com",

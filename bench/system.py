@@ -22,7 +22,7 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-from common.testing import fresh_postgres_database, fresh_vhost, write_test_keys
+from tests.support.servers import fresh_postgres_database, fresh_vhost, write_test_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "bench-Horse-battery-9"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from flask import current_app, g, request
+from flask import Flask, current_app, g, request
 from flask_smorest import Blueprint, abort
 
 from common.tokens import InvalidToken, TokenVerifier
@@ -42,7 +42,7 @@ class BearerAuth:
         self.check = check
         self.realm = realm
 
-    def init_app(self, app) -> None:
+    def init_app(self, app: Flask) -> None:
         """Make this the app's bearer guard."""
         app.extensions["bearer_auth"] = self
 
@@ -54,6 +54,16 @@ class BearerAuth:
             value += f', error_description="{description}"'
         return {"WWW-Authenticate": value}
 
+    def claims_of(self, token: str) -> dict:
+        """The claims of a live access token, after the app's check (which may refresh them).
+
+        Raises InvalidToken, AccountDisabled or DependencyUnavailable.
+        """
+        claims = self.verifier.verify(token)
+        if self.check is not None:
+            claims = self.check(claims) or claims
+        return claims
+
     def authenticate(self) -> dict:
         """Return the verified claims of the request's access token, or abort."""
         header = request.headers.get("Authorization", "")
@@ -61,9 +71,7 @@ class BearerAuth:
         if scheme.lower() != "bearer" or not token.strip():
             abort(401, message="Missing bearer token", headers=self._challenge())
         try:
-            claims = self.verifier.verify(token.strip())
-            if self.check is not None:
-                claims = self.check(claims) or claims
+            claims = self.claims_of(token.strip())
         except InvalidToken as error:
             abort(
                 401,
@@ -88,7 +96,7 @@ def login_required(func=None, *, role: str | None = None):
     def decorator(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            g.claims = current_app.extensions["bearer_auth"].authenticate()
+            g.claims = bearer_auth().authenticate()
             if role is not None and not has_role(role):
                 abort(403, message=f"Requires the {role} role")
             return view(*args, **kwargs)
@@ -100,3 +108,8 @@ def login_required(func=None, *, role: str | None = None):
         return Blueprint.doc(security=[{"bearerAuth": []}], responses=responses)(wrapper)
 
     return decorator(func) if func is not None else decorator
+
+
+def bearer_auth() -> BearerAuth:
+    """The current app's bearer guard."""
+    return current_app.extensions["bearer_auth"]

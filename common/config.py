@@ -6,14 +6,19 @@ one line such as ``configuration error: BCRYPT_ROUNDS must be an integer``.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 from urllib.parse import quote
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 # gunicorn's APP_LOAD_ERROR: its arbiter stops instead of respawning a worker
 # that can never boot; any other caller just sees a non-zero exit.
@@ -34,24 +39,31 @@ def fail(error: ConfigError) -> NoReturn:
     raise SystemExit(EXIT_CONFIG_ERROR)
 
 
-def exit_on_config_error(func: Callable[..., T]) -> Callable[..., T]:
+@contextmanager
+def stop_on_config_error() -> Iterator[None]:
+    """End the process with one clear line if the block raises ConfigError."""
+    try:
+        yield
+    except ConfigError as error:
+        fail(error)
+
+
+def exit_on_config_error(func: Callable[P, T]) -> Callable[P, T]:
     """Decorate an entry point so a ConfigError ends the process with one clear line."""
 
-    def wrapper(*args, **kwargs):
-        try:
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        with stop_on_config_error():
             return func(*args, **kwargs)
-        except ConfigError as error:
-            fail(error)
+        raise AssertionError("unreachable")  # pragma: no cover - fail() never returns
 
-    wrapper.__name__ = func.__name__
-    wrapper.__doc__ = func.__doc__
     return wrapper
 
 
 class Env:
     """Typed access to an environment mapping (``os.environ`` unless given)."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None):
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.environ = os.environ if environ is None else environ
 
     def raw(self, name: str) -> str | None:
@@ -195,3 +207,106 @@ def redis_url(env: Env, prefix: str = "AUTH") -> str:
     password = env.str(f"{prefix}_REDIS_PASSWORD")
     auth = f":{quote(password, safe='')}@" if password else ""
     return f"redis://{auth}{host}:{port}/{db}"
+
+
+DEFAULT_ISSUER = "http://127.0.0.1:5001"
+DEFAULT_AUDIENCE = "user-service"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebSettings:
+    """What both web apps are configured with: database, token checks, HTTP, logging.
+
+    Each app's settings extend this. Derived values are computed here once,
+    for the factory, the CLI and the workers alike.
+    """
+
+    database_url: str
+    jwt_issuer: str = DEFAULT_ISSUER
+    jwt_audience: str = DEFAULT_AUDIENCE
+    jwt_leeway_seconds: int = 10
+    access_token_expire_minutes: int = 15
+    cors_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    log_format: str = "json"
+    max_content_length: int = 64 * 1024
+    # Tests on in-memory SQLite: create the tables from the models (Alembic owns them otherwise).
+    create_schema: bool = False
+    #: Seconds an access token lives.
+    access_token_ttl: int = field(init=False)
+    #: Seconds a retired signing key stays trusted: as long as a token it signed can live.
+    key_retention_seconds: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._derive("access_token_ttl", self.access_token_expire_minutes * 60)
+        self._derive("key_retention_seconds", self.access_token_ttl + self.jwt_leeway_seconds)
+
+    def _derive(self, name: str, value: object) -> None:
+        # Frozen: derived fields are set once, here, and never change.
+        object.__setattr__(self, name, value)
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        """The settings a caller may give (derived ones are not among them)."""
+        return frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+
+
+S = TypeVar("S", bound=WebSettings)
+
+
+def split_overrides(
+    overrides: Mapping[str, Any] | None, settings_type: type[WebSettings]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(settings, Flask config)`` of a ``create_app`` mapping keyed by variable names.
+
+    ``{"DATABASE_URL": "sqlite://", "TESTING": True}`` gives
+    ``({"database_url": "sqlite://"}, {"TESTING": True})``.
+    """
+    names = settings_type.field_names()
+    settings: dict[str, Any] = {}
+    flask: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if key.lower() in names:
+            settings[key.lower()] = value
+        else:
+            flask[key] = value
+    return settings, flask
+
+
+def web_settings_values(env: Env, *, leeway_minimum: int, access_maximum: int | None) -> dict:
+    """The :class:`WebSettings` fields both apps read from the environment the same way."""
+    return {
+        "jwt_issuer": env.str("JWT_ISSUER", DEFAULT_ISSUER),
+        "jwt_audience": env.str("JWT_AUDIENCE", DEFAULT_AUDIENCE),
+        "jwt_leeway_seconds": env.int(
+            "JWT_LEEWAY_SECONDS", 10, minimum=leeway_minimum, maximum=300
+        ),
+        "access_token_expire_minutes": env.int(
+            "ACCESS_TOKEN_EXPIRE_MINUTES", 15, minimum=1, maximum=access_maximum
+        ),
+        "cors_origins": tuple(env.list("CORS_ORIGINS")),
+        "log_level": env.choice("LOG_LEVEL", "info", LOG_LEVELS).upper(),
+        "log_format": env.choice("LOG_FORMAT", "json", ("json", "text")),
+    }
+
+
+def build_settings(
+    settings_type: type[S],
+    values: dict[str, Any],
+    overrides: Mapping[str, Any] | None,
+    database: Callable[[], str],
+) -> S:
+    """``settings_type`` from values read from the environment, with ``overrides`` on top.
+
+    ``overrides`` are keyed by field or variable name. The database URL is
+    only worked out (``database()``) when not given: its SQLite fallback
+    creates ``var/`` in the working directory.
+    """
+    given, unknown = split_overrides(overrides, settings_type)
+    if unknown:
+        raise ValueError(f"not settings of {settings_type.__name__}: {sorted(unknown)}")
+    if "database_url" not in given:
+        values["database_url"] = database()
+    values.update(given)
+    return settings_type(**values)

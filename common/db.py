@@ -1,26 +1,23 @@
-"""Database plumbing: naming convention, engines, one session per request.
+"""Database plumbing without Flask: naming convention, engines, UTC timestamps, upserts.
 
 Each app declares its own ``Base`` with :data:`NAMING_CONVENTION` so that its
 tables, and Alembic's view of them, stay its own. Data functions take a session
-and never commit; the view, the job or the message handler does.
+and never commit; the view, the job or the message handler does. The web
+apps' per-request session is in :mod:`common.flask_db`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import re
 import select
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from flask import Flask, current_app, g, has_request_context, request
-from flask_smorest import abort
 from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, InvalidatePoolError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.exc import InvalidatePoolError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 NAMING_CONVENTION = {
@@ -159,117 +156,11 @@ def _ping_suspect_connections(engine: Engine, idle_after: float) -> None:
             raise InvalidatePoolError(f"connection found dead on checkout: {error}") from error
 
 
-# Requests that only read, as HTTP defines them; their statements run in autocommit.
-READ_METHODS = frozenset({"GET", "HEAD"})
-_READS_IN_AUTOCOMMIT = "reads_in_autocommit"
-_LOCKING_CLAUSE = re.compile(r"\bFOR\s+(?:NO\s+KEY\s+UPDATE|UPDATE|KEY\s+SHARE|SHARE)\b", re.I)
+def dialect_insert(session: Session) -> Any:
+    """The ``insert`` construct that knows ``ON CONFLICT`` on this session's database."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
-@functools.lru_cache(maxsize=512)
-def _only_reads(statement: str) -> bool:
-    """Whether a statement is a plain SELECT: no write, no row lock (statements repeat: cached)."""
-    return statement.lstrip()[:6].upper() == "SELECT" and not _LOCKING_CLAUSE.search(statement)
-
-
-def _begin_before_first_write(engine: Engine) -> None:
-    """Reads in autocommit last until the first statement that is not a plain SELECT.
-
-    That statement and every one after it run in one transaction (psycopg2
-    sends BEGIN before it), which the view commits as usual. A connection goes
-    back to the pool with autocommit off.
-    """
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def _begin_transaction_before_write(conn, _cursor, statement, *_args):
-        if conn.info.get(_READS_IN_AUTOCOMMIT) and not _only_reads(statement):
-            del conn.info[_READS_IN_AUTOCOMMIT]
-            conn.connection.dbapi_connection.autocommit = False
-
-    @event.listens_for(engine, "checkin")
-    def _end_autocommit(dbapi_connection, record):
-        if record.info.pop(_READS_IN_AUTOCOMMIT, False) and dbapi_connection is not None:
-            dbapi_connection.autocommit = False
-
-
-def _read_in_autocommit(session: Session) -> None:
-    """Run the session's reads in autocommit (see init_database)."""
-    connection = session.connection()
-    connection.connection.dbapi_connection.autocommit = True
-    connection.info[_READS_IN_AUTOCOMMIT] = True
-
-
-@dataclass
-class Database:
-    """An app's engine and session factory, kept in ``app.extensions['database']``."""
-
-    engine: Engine
-    sessionmaker: sessionmaker[Session]
-    # Whether GET and HEAD requests read in autocommit (see init_database).
-    autocommit_reads: bool = False
-
-    @classmethod
-    def from_url(cls, url: str) -> Database:
-        """Build the engine and session factory for ``url``.
-
-        A web app checks out a connection on every request, so its pooled
-        connections are pinged only when they may be dead, not on each checkout.
-        """
-        engine = make_engine(url, ping_idle_after=IDLE_PING_SECONDS)
-        return cls(engine, sessionmaker(engine, expire_on_commit=False))
-
-
-def init_database(
-    app: Flask, base: type[DeclarativeBase], *, autocommit_reads: bool = False
-) -> Database:
-    """Attach a Database to ``app`` and release the request's session at teardown.
-
-    With ``CREATE_SCHEMA`` set (tests on in-memory SQLite) the tables are
-    created from the models; everywhere else Alembic owns the schema.
-
-    With ``autocommit_reads`` (PostgreSQL only), a GET or HEAD request's
-    session reads in autocommit: no BEGIN before its first SELECT and no
-    COMMIT or ROLLBACK after its last, two round trips fewer per read. Under
-    READ COMMITTED, PostgreSQL's default and the level the project runs at,
-    each statement of a transaction sees its own snapshot anyway, so the reads
-    see what they would have seen inside one.
-    Should such a request write after all (or lock rows with ``FOR UPDATE``),
-    a transaction begins before that statement and holds everything after it,
-    so the writes stay atomic; the view commits them as usual.
-    """
-    database = Database.from_url(app.config["DATABASE_URL"])
-    if autocommit_reads and database.engine.dialect.name == "postgresql":
-        _begin_before_first_write(database.engine)
-        database.autocommit_reads = True
-    app.extensions["database"] = database
-    if app.config.get("CREATE_SCHEMA"):
-        base.metadata.create_all(database.engine)
-
-    @app.teardown_appcontext
-    def _release_session(exc):
-        session = g.pop("db_session", None)
-        if session is not None:
-            if exc is not None:
-                session.rollback()
-            session.close()
-
-    return database
-
-
-def get_session() -> Session:
-    """The current request's session, opened on first use."""
-    if "db_session" not in g:
-        database = current_app.extensions["database"]
-        g.db_session = database.sessionmaker()
-        if database.autocommit_reads and has_request_context() and request.method in READ_METHODS:
-            _read_in_autocommit(g.db_session)
-    return g.db_session
-
-
-@contextlib.contextmanager
-def conflict_on_integrity_error(message: str):
-    """Turn a unique-constraint failure into a 409 with ``message``, rolling back first."""
-    try:
-        yield
-    except IntegrityError:
-        get_session().rollback()
-        abort(409, message=message)
+def insert_ignoring_conflict(session: Session, model: type, **values: Any) -> None:
+    """``INSERT ... ON CONFLICT DO NOTHING``: two writers creating one row both succeed."""
+    session.execute(dialect_insert(session)(model).values(**values).on_conflict_do_nothing())

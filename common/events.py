@@ -1,78 +1,240 @@
-"""The event envelope and the transactional outbox.
+"""The catalogue of events: every type, where it travels and the shape of its data.
 
-An event is written to the emitting app's ``outbox`` table in the same
-transaction as the change that causes it (:func:`emit`); a relay publishes it
-later with publisher confirms. Each app declares its own tables from the
-mixins here so that its schema stays its own.
+An event type is declared once here, with its routing key (which is also the
+envelope's ``type``), its exchange, the queue that consumes it, the app that
+publishes it and a marshmallow schema for its ``data``. Publishers write
+events through :func:`common.outbox.emit` with the type; consumers accept a
+message through :meth:`EventType.accept`, which loads its data with the same
+schema; the workers derive their queue bindings from :func:`bindings`. Adding
+an event is one entry in :data:`CATALOGUE` plus one handler in the consuming
+app's ``sync`` module.
+
+The envelope (:class:`Envelope`) is the message body: ``id, type, version,
+occurred_at, source, correlation_id, data``. Its times are datetimes from the
+moment it is parsed.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Integer, String, Text, text
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from common.db import UTCDateTime, utcnow
-from common.logging import request_id_var
+from common.fields import MAX_ROLES, EpochSeconds, RoleName, StrictBoolean, UserId
 
 ENVELOPE_VERSION = 1
+MAX_MESSAGE_BYTES = 256 * 1024
+
+# The publishing apps, as the envelope's ``source`` and the AMQP ``app_id`` name them.
+AUTH_APP = "auth_app"
+USER_APP = "user_app"
+SOURCES = (AUTH_APP, USER_APP)
+
+# Topic exchanges, and the queue each consuming app reads.
 USER_EVENTS = "user_events"
 AUTH_EVENTS = "auth_events"
-MAX_MESSAGE_BYTES = 256 * 1024
-# Session.info key: the transaction and the channels it has notified already.
-_NOTIFIED = "outbox_notified"
+USER_QUEUE = "user_app.user_events"
+AUTH_QUEUE = "auth_app.auth_events"
 
 
-class InvalidMessage(Exception):
+class InvalidMessage(ValueError):
     """A message that can never be applied: bad JSON, unknown type, invalid data."""
+
+
+# -- payload schemas ------------------------------------------------------------
+
+
+class _Payload(Schema):
+    """A payload: fields a newer publisher adds are ignored, not refused."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+
+SYNC_ACTIONS = ("created", "deleted", "sessions_revoked")
+
+
+class UserSyncData(_Payload):
+    """``user.sync``: what the auth service tells the user service about an account.
+
+    By ``action``: ``created`` carries the account (``email``, ``username``,
+    ``roles``, ``is_active``, ``created_at``); ``deleted`` nothing more;
+    ``sessions_revoked`` the ``revoked_before`` cut-off in epoch seconds.
+    """
+
+    user_id = UserId(required=True)
+    action = fields.String(required=True, validate=validate.OneOf(SYNC_ACTIONS))
+    email = fields.String(validate=validate.Length(min=1, max=320))
+    username = fields.String(validate=validate.Length(min=1, max=64))
+    roles = fields.List(RoleName(), validate=validate.Length(max=MAX_ROLES))
+    is_active = StrictBoolean()
+    created_at = fields.AwareDateTime(default_timezone=UTC)
+    revoked_before = EpochSeconds()
+
+    @validates_schema
+    def _fields_of_the_action(self, data: dict, **_kwargs: Any) -> None:
+        required = {"created": ("email", "username"), "sessions_revoked": ("revoked_before",)}
+        missing = [name for name in required.get(data.get("action", ""), ()) if name not in data]
+        if missing:
+            raise ValidationError({name: ["Missing data for required field."] for name in missing})
+
+
+class UserCreatedData(_Payload):
+    """``user.created``: the user service holds a profile for the account."""
+
+    user_id = UserId(required=True)
+    profile_created_at = fields.AwareDateTime(required=True, default_timezone=UTC)
+
+
+class AdminChanges(Schema):
+    """What an administrator changed at the user service: ``is_active`` and/or ``roles``."""
+
+    class Meta:
+        # A change of anything else cannot be applied by the auth service.
+        unknown = RAISE
+
+    is_active = StrictBoolean()
+    roles = fields.List(RoleName(), validate=validate.Length(max=MAX_ROLES))
+
+    @validates_schema
+    def _not_empty(self, data: dict, **_kwargs: Any) -> None:
+        if not data:
+            raise ValidationError("changes must name is_active and/or roles")
+
+
+class UserUpdatedData(_Payload):
+    """``user.updated``: an administrator changed a user at the user service."""
+
+    user_id = UserId(required=True)
+    changes = fields.Nested(AdminChanges, required=True)
+
+
+class UserDeletedData(_Payload):
+    """``user.deleted``: an administrator deleted a user at the user service."""
+
+    user_id = UserId(required=True)
+
+
+# -- the catalogue --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Envelope:
-    """A parsed, validated event."""
+    """One event as it travels: the message body, its ``data`` loaded once accepted."""
 
     id: str
     type: str
     version: int
-    occurred_at: str
+    occurred_at: datetime
     source: str
     correlation_id: str | None
-    data: dict
+    data: dict[str, Any]
 
-    def to_dict(self) -> dict:
-        """The envelope as the JSON body of a message."""
+    def to_dict(self) -> dict[str, Any]:
+        """The envelope as the JSON object of a message body (``data`` as given)."""
         return {
             "id": self.id,
             "type": self.type,
             "version": self.version,
-            "occurred_at": self.occurred_at,
+            "occurred_at": self.occurred_at.isoformat(),
             "source": self.source,
             "correlation_id": self.correlation_id,
             "data": self.data,
         }
 
 
-def make_envelope(
-    event_type: str, source: str, data: dict, correlation_id: str | None = None
-) -> Envelope:
-    """A new envelope with a fresh id, stamped now."""
-    return Envelope(
-        id=str(uuid.uuid4()),
-        type=event_type,
-        version=ENVELOPE_VERSION,
-        occurred_at=utcnow().isoformat(),
-        source=source,
-        correlation_id=correlation_id,
-        data=data,
-    )
+@dataclass(frozen=True, eq=False)
+class EventType:
+    """One kind of event: its name (= routing key), route, publisher and data schema."""
+
+    name: str
+    exchange: str
+    queue: str
+    source: str
+    schema: Schema
+
+    @property
+    def routing_key(self) -> str:
+        """The routing key it is published with: its name."""
+        return self.name
+
+    def dump(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """``data`` as it goes into a message body; ValueError if its consumer would refuse it."""
+        body = self.schema.dump(data)
+        errors = self.schema.validate(body)
+        if errors:
+            raise ValueError(f"invalid {self.name} data: {errors}")
+        return body
+
+    def accept(self, envelope: Envelope) -> Envelope:
+        """The envelope with its data loaded; InvalidMessage if not of this type, or invalid."""
+        if envelope.type != self.name:
+            raise InvalidMessage(f"a {envelope.type!r} message is not a {self.name!r}")
+        try:
+            data = self.schema.load(envelope.data)
+        except ValidationError as error:
+            raise InvalidMessage(f"invalid data: {error.messages}") from None
+        return replace(envelope, data=data)
+
+    def make(
+        self,
+        data: Mapping[str, Any],
+        correlation_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Envelope:
+        """A new envelope of this type with a fresh id, stamped now unless told otherwise."""
+        return Envelope(
+            id=str(uuid.uuid4()),
+            type=self.name,
+            version=ENVELOPE_VERSION,
+            occurred_at=occurred_at or datetime.now(UTC),
+            source=self.source,
+            correlation_id=correlation_id,
+            data=self.dump(data),
+        )
+
+
+USER_SYNC = EventType("user.sync", USER_EVENTS, USER_QUEUE, AUTH_APP, UserSyncData())
+USER_CREATED = EventType("user.created", AUTH_EVENTS, AUTH_QUEUE, USER_APP, UserCreatedData())
+USER_UPDATED = EventType("user.updated", AUTH_EVENTS, AUTH_QUEUE, USER_APP, UserUpdatedData())
+USER_DELETED = EventType("user.deleted", AUTH_EVENTS, AUTH_QUEUE, USER_APP, UserDeletedData())
+
+#: Every event type, by name.
+CATALOGUE: dict[str, EventType] = {
+    event.name: event for event in (USER_SYNC, USER_CREATED, USER_UPDATED, USER_DELETED)
+}
+
+
+def consumed_from(queue: str) -> list[EventType]:
+    """The event types that ``queue`` receives."""
+    return [event for event in CATALOGUE.values() if event.queue == queue]
+
+
+def bindings() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Each consuming queue with its exchange and the routing keys bound to it."""
+    queues: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for event in CATALOGUE.values():
+        exchange, keys = queues.get(event.queue, (event.exchange, ()))
+        if exchange != event.exchange:
+            raise ValueError(f"queue {event.queue} would be bound to two exchanges")
+        queues[event.queue] = (exchange, (*keys, event.routing_key))
+    return queues
+
+
+# -- the envelope on the wire ---------------------------------------------------
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def parse_envelope(body: bytes | str) -> Envelope:
-    """Validate a message body; raise InvalidMessage for anything malformed."""
+    """An envelope of the right shape, its data not yet loaded; InvalidMessage otherwise."""
     if isinstance(body, bytes | bytearray):
         if len(body) > MAX_MESSAGE_BYTES:
             raise InvalidMessage("message too large")
@@ -103,83 +265,13 @@ def parse_envelope(body: bytes | str) -> Envelope:
     if not isinstance(occurred_at, str):
         raise InvalidMessage("bad envelope: occurred_at")
     try:
-        datetime.fromisoformat(occurred_at)
+        occurred = _aware(datetime.fromisoformat(occurred_at))
     except ValueError:
         raise InvalidMessage("bad envelope: occurred_at") from None
-    if source not in ("auth_app", "user_app"):
+    if source not in SOURCES:
         raise InvalidMessage("bad envelope: source")
     if correlation_id is not None and not isinstance(correlation_id, str):
         raise InvalidMessage("bad envelope: correlation_id")
     if not isinstance(data, dict):
         raise InvalidMessage("bad envelope: data")
-    return Envelope(message_id, event_type, version, occurred_at, source, correlation_id, data)
-
-
-class OutboxMixin:
-    """Columns of an app's outbox table: one row per event, published in ``seq`` order."""
-
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    message_id: Mapped[str] = mapped_column(String(36), unique=True)
-    exchange: Mapped[str] = mapped_column(String(64))
-    routing_key: Mapped[str] = mapped_column(String(128))
-    body: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-
-
-class ProcessedMessageMixin:
-    """Columns of an app's processed-messages table: ids of messages already applied."""
-
-    message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    message_type: Mapped[str] = mapped_column(String(128))
-    processed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-
-def notify_channel(table_name: str) -> str:
-    """The PostgreSQL LISTEN/NOTIFY channel that wakes the relay of an outbox table."""
-    return f"{table_name}_new"
-
-
-def emit(
-    session: Session,
-    outbox_model: type,
-    *,
-    exchange: str,
-    event_type: str,
-    source: str,
-    data: dict,
-    correlation_id: str | None = None,
-) -> Envelope:
-    """Write an event to the outbox in the caller's transaction (the caller commits).
-
-    The correlation id defaults to the current request's id. On PostgreSQL a
-    NOTIFY, delivered only at commit, wakes the relay at once.
-    """
-    if correlation_id is None:
-        correlation_id = request_id_var.get()
-    envelope = make_envelope(event_type, source, data, correlation_id)
-    session.add(
-        outbox_model(
-            message_id=envelope.id,
-            exchange=exchange,
-            routing_key=event_type,
-            body=json.dumps(envelope.to_dict(), separators=(",", ":")),
-        )
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        _notify_once(session, notify_channel(outbox_model.__tablename__))
-    return envelope
-
-
-def _notify_once(session: Session, channel: str) -> None:
-    # One NOTIFY per channel and transaction is enough (PostgreSQL folds
-    # repeats anyway), and it goes straight to the connection: through
-    # session.execute it would flush the rows pending so far, once per event.
-    transaction = session.get_nested_transaction() or session.get_transaction()
-    notified = session.info.get(_NOTIFIED)
-    if notified is None or notified[0] is not transaction:
-        notified = session.info[_NOTIFIED] = (transaction, set())
-    if channel not in notified[1]:
-        session.connection().execute(text(f"NOTIFY {channel}"))
-        notified[1].add(channel)
+    return Envelope(message_id, event_type, version, occurred, source, correlation_id, data)

@@ -7,8 +7,8 @@ hands a connection in ``config.attributes['connection']`` or a URL with
 
 from __future__ import annotations
 
-from alembic import context
-from sqlalchemy import MetaData
+from alembic import context, op
+from sqlalchemy import Column, MetaData, String, text
 
 from common.db import make_engine
 
@@ -40,3 +40,35 @@ def run_migrations(metadata: MetaData, default_url) -> None:
             _run(metadata, connection=conn)
     finally:
         engine.dispose()
+
+
+def add_outbox_property_columns() -> None:
+    """Outbox revision 0002 of both services: ``source`` and ``correlation_id`` as columns.
+
+    The relay sets the AMQP ``app_id`` and ``correlation_id`` from them instead
+    of parsing every body again. Rows already there are filled from their body
+    with one statement, whatever the table's size.
+    """
+    with op.batch_alter_table("outbox") as batch_op:
+        batch_op.add_column(Column("source", String(32), nullable=True))
+        batch_op.add_column(Column("correlation_id", String(128), nullable=True))
+    if op.get_context().dialect.name == "postgresql":
+        fill = (
+            "UPDATE outbox SET source = body::json->>'source', "
+            "correlation_id = body::json->>'correlation_id'"
+        )
+    else:
+        fill = (
+            "UPDATE outbox SET source = json_extract(body, '$.source'), "
+            "correlation_id = json_extract(body, '$.correlation_id')"
+        )
+    op.execute(text(fill))
+    with op.batch_alter_table("outbox") as batch_op:
+        batch_op.alter_column("source", existing_type=String(32), nullable=False)
+
+
+def drop_outbox_property_columns() -> None:
+    """Undo :func:`add_outbox_property_columns`: the body still holds both values."""
+    with op.batch_alter_table("outbox") as batch_op:
+        batch_op.drop_column("correlation_id")
+        batch_op.drop_column("source")

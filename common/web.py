@@ -22,7 +22,8 @@ from flask_smorest import Api, Blueprint, pagination
 from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException, InternalServerError, default_exceptions
 
-from common.logging import request_id_var
+from common.config import WebSettings
+from common.logging import configure_logging, request_id_var
 
 log = logging.getLogger("request")
 
@@ -197,11 +198,12 @@ def init_cors(app: Flask, origins: list[str]) -> None:
     )
 
 
-def create_api(app: Flask) -> ServiceApi:
-    """Wire request ids, headers, errors and API docs into ``app``; return its Api."""
-    for key, value in openapi_config(app.config.get("API_TITLE", app.name)).items():
+def create_api(app: Flask, settings: WebSettings, *, title: str) -> ServiceApi:
+    """Wire logging, request ids, headers, errors and API docs into ``app``; return its Api."""
+    configure_logging(settings.log_level, settings.log_format)
+    for key, value in openapi_config(title).items():
         app.config.setdefault(key, value)
-    app.config.setdefault("MAX_CONTENT_LENGTH", 64 * 1024)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     _install_request_ids(app)
     _install_swagger_assets(app)
     api = ServiceApi(
@@ -209,7 +211,7 @@ def create_api(app: Flask) -> ServiceApi:
         spec_kwargs={"servers": [{"url": "/"}], "extra_plugins": [ErrorResponsesPlugin()]},
     )
     api.spec.components.security_scheme("bearerAuth", BEARER_SCHEME)
-    init_cors(app, app.config.get("CORS_ORIGINS", []))
+    init_cors(app, list(settings.cors_origins))
     return api
 
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from bench.__main__ import main
-from common.testing import check_redis
+from tests.support.servers import check_redis
 
 
 def test_bench_smoke_run_measures_every_figure(tmp_path, capsys):

@@ -447,17 +447,17 @@ def test_every_process_waits_for_the_servers_its_urls_name(base):
 @pytest.mark.parametrize("variant", ["base", "merged"])
 def test_every_process_accepts_the_environment_compose_gives_it(variant, base, merged):
     # A bad value would stop the container at start with a configuration error.
-    from auth_app.config import load_config as auth_config
+    from auth_app.config import load_settings as auth_settings
     from common.config import Env, database_url
-    from user_app.config import load_config as user_config
+    from user_app.config import load_settings as user_settings
     from workers.settings import BrokerSettings
 
     services = {"base": base, "merged": merged}[variant]["services"]
-    auth = auth_config(environ=environment_of(services["auth"]))
-    assert auth["DATABASE_URL"].startswith("postgresql://auth:")
-    assert auth["REDIS_URL"] == "redis://redis:6379/0"
-    user = user_config(environ=environment_of(services["user"]))
-    assert user["DATABASE_URL"].startswith("postgresql://users:")
+    auth = auth_settings(environ=environment_of(services["auth"]))
+    assert auth.database_url.startswith("postgresql://auth:")
+    assert auth.redis_url == "redis://redis:6379/0"
+    user = user_settings(environ=environment_of(services["user"]))
+    assert user.database_url.startswith("postgresql://users:")
     for name, prefix in [
         ("auth_relay", "AUTH"),
         ("auth_worker", "AUTH"),

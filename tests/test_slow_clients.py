@@ -24,10 +24,10 @@ from gunicorn.config import Config
 
 from common.config import EXIT_CONFIG_ERROR
 from common.gunicorn_worker import DeadlineReader, DeadlineWorker
-from common.testing import run_id
 from tests.conftest import ROOT
 from tests.e2e.client import call
 from tests.e2e.processes import free_port, tail
+from tests.support.servers import run_id
 from tests.test_web_line import BIN, migrate, stop, web_environ
 
 READ_TIMEOUT = 2.0

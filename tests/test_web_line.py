@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from common.testing import REDIS_URL, run_id, write_test_keys
 from tests.conftest import ROOT
 from tests.e2e.client import call
 from tests.e2e.processes import MARKER, free_port, processes_with_marker, tail
+from tests.support.servers import REDIS_URL, run_id, write_test_keys
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 30.0

@@ -1,16 +1,34 @@
-"""The user service's configuration, read from the environment (see CONTRACT.md)."""
+"""The user service's settings, read from the environment once per process (see CONTRACT.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-from common.config import ConfigError, Env, database_url
+from common.config import (
+    ConfigError,
+    Env,
+    WebSettings,
+    build_settings,
+    database_url,
+    web_settings_values,
+)
 
-DEFAULT_ISSUER = "http://127.0.0.1:5001"
-DEFAULT_AUDIENCE = "user-service"
 DEFAULT_PUBLIC_KEY_PATH = "keys/public.pem"
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserSettings(WebSettings):
+    """Everything the user service is configured with."""
+
+    jwt_public_key: str | None = None
+    public_key_path: Path = Path(DEFAULT_PUBLIC_KEY_PATH)
+    auth_jwks_url: str | None = None
+    jwks_refetch_cooldown_seconds: float = 60.0
+    jwks_timeout_seconds: float = 5.0
 
 
 def user_database_url(environ: Mapping[str, str] | None = None) -> str:
@@ -28,34 +46,22 @@ def _jwks_url(env: Env) -> str | None:
     return url
 
 
-def load_config(overrides: dict | None = None, environ: Mapping[str, str] | None = None) -> dict:
-    """The Flask settings of the user service: the environment, then ``overrides`` on top.
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> UserSettings:
+    """The user service's settings; ``overrides`` (tests) win over the environment.
 
     Raises ConfigError naming the variable when a value is malformed.
     """
-    overrides = dict(overrides or {})
     env = Env(environ)
-    config: dict = {"API_TITLE": "User service"}
-    if "DATABASE_URL" not in overrides:
-        # Only computed when needed: the SQLite fallback creates var/ in the working directory.
-        config["DATABASE_URL"] = database_url(env, "USER", "user")
     public_pem = env.str("JWT_PUBLIC_KEY")
-    config.update(
-        JWT_ISSUER=env.str("JWT_ISSUER", DEFAULT_ISSUER),
-        JWT_AUDIENCE=env.str("JWT_AUDIENCE", DEFAULT_AUDIENCE),
-        JWT_LEEWAY_SECONDS=env.int("JWT_LEEWAY_SECONDS", 10, minimum=0, maximum=300),
+    values = web_settings_values(env, leeway_minimum=0, access_maximum=None)
+    values.update(
         # Platforms that cannot hold newlines in a variable often pass "\n" literally.
-        JWT_PUBLIC_KEY=public_pem.replace("\\n", "\n") if public_pem else None,
-        PUBLIC_KEY_PATH=Path(env.str("PUBLIC_KEY_PATH", DEFAULT_PUBLIC_KEY_PATH)),
-        AUTH_JWKS_URL=_jwks_url(env),
-        JWKS_REFETCH_COOLDOWN_SECONDS=env.float("JWKS_REFETCH_COOLDOWN_SECONDS", 60.0, minimum=0),
-        ACCESS_TOKEN_EXPIRE_MINUTES=env.int("ACCESS_TOKEN_EXPIRE_MINUTES", 15, minimum=1),
-        CORS_ORIGINS=env.list("CORS_ORIGINS"),
-        LOG_LEVEL=env.choice(
-            "LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")
-        ).upper(),
-        LOG_FORMAT=env.choice("LOG_FORMAT", "json", ("json", "text")),
-        MAX_CONTENT_LENGTH=env.int("MAX_CONTENT_LENGTH", 64 * 1024, minimum=1024),
+        jwt_public_key=public_pem.replace("\\n", "\n") if public_pem else None,
+        public_key_path=Path(env.str("PUBLIC_KEY_PATH", DEFAULT_PUBLIC_KEY_PATH)),
+        auth_jwks_url=_jwks_url(env),
+        jwks_refetch_cooldown_seconds=env.float("JWKS_REFETCH_COOLDOWN_SECONDS", 60.0, minimum=0),
+        max_content_length=env.int("MAX_CONTENT_LENGTH", 64 * 1024, minimum=1024),
     )
-    config.update(overrides)
-    return config
+    return build_settings(UserSettings, values, overrides, lambda: user_database_url(env.environ))

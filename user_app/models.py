@@ -8,7 +8,7 @@ from sqlalchemy import JSON, Boolean, Double, Index, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from common.db import UTCDateTime, new_metadata, utcnow
-from common.events import OutboxMixin, ProcessedMessageMixin
+from common.outbox import OutboxMixin, ProcessedMessageMixin
 
 
 class Base(DeclarativeBase):

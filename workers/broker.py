@@ -1,6 +1,7 @@
 """RabbitMQ connections and the topology every worker declares on start.
 
-Names are constants here so both relays and both consumers agree on them.
+Exchanges, queues and their bindings come from the event catalogue
+(:mod:`common.events`), so both relays and both consumers agree on them.
 Declaring is idempotent: every process declares what it needs, in any order.
 """
 
@@ -18,20 +19,12 @@ from collections.abc import Callable
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from common.events import AUTH_EVENTS, USER_EVENTS
+from common.events import bindings
 from workers.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_EXCHANGE = "dead_letters"
-USER_QUEUE = "user_app.user_events"
-AUTH_QUEUE = "auth_app.auth_events"
-
-#: queue -> (exchange, routing keys bound to it)
-BINDINGS: dict[str, tuple[str, tuple[str, ...]]] = {
-    USER_QUEUE: (USER_EVENTS, ("user.sync",)),
-    AUTH_QUEUE: (AUTH_EVENTS, ("user.created", "user.updated", "user.deleted")),
-}
 
 #: Errors after which the connection is gone and a new one must be opened.
 CONNECTION_ERRORS = (
@@ -66,8 +59,8 @@ def connect(settings: BrokerSettings, name: str) -> pika.BlockingConnection:
 
 
 def declare_exchanges(channel: BlockingChannel) -> None:
-    """The two durable topic exchanges and the dead-letter exchange."""
-    for exchange in (USER_EVENTS, AUTH_EVENTS):
+    """The catalogue's durable topic exchanges and the dead-letter exchange."""
+    for exchange in sorted({exchange for exchange, _keys in bindings().values()}):
         channel.exchange_declare(exchange, exchange_type="topic", durable=True)
     channel.exchange_declare(DEAD_LETTER_EXCHANGE, exchange_type="direct", durable=True)
 
@@ -88,7 +81,7 @@ def declare_queue(channel: BlockingChannel, queue: str, settings: BrokerSettings
         # the broker dead-letters it after this many deliveries.
         arguments["x-delivery-limit"] = settings.max_tries
     channel.queue_declare(queue, durable=True, arguments=arguments)
-    exchange, routing_keys = BINDINGS[queue]
+    exchange, routing_keys = bindings()[queue]
     for routing_key in routing_keys:
         channel.queue_bind(queue, exchange, routing_key=routing_key)
 
@@ -131,18 +124,19 @@ class Stopper:
 
 
 def run_forever(
-    name: str, session: Callable[[], None], stopper: Stopper, *, cap: float = 30.0
+    name: str, serve_connection: Callable[[], None], stopper: Stopper, *, cap: float = 30.0
 ) -> None:
-    """Run ``session()`` again after each broker or database failure, with capped backoff.
+    """Run ``serve_connection()`` again after each broker failure, with capped backoff.
 
-    ``session`` returns normally only when a stop was asked for. The delay
-    doubles from 0.5 s up to ``cap`` and resets after a session that ran a while.
+    ``serve_connection`` opens a broker connection, works on it and returns
+    normally only when a stop was asked for. The delay doubles from 0.5 s up
+    to ``cap`` and resets after a connection that served a while.
     """
     delay = 0.5
     while not stopper.stopping:
         started = time.monotonic()
         try:
-            session()
+            serve_connection()
         except CONNECTION_ERRORS as error:
             log.warning("%s: connection lost (%s); reconnecting", name, type(error).__name__)
         if stopper.stopping:

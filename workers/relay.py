@@ -17,7 +17,6 @@ it polls every 50 ms, a cheap indexed query.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -25,14 +24,14 @@ from dataclasses import dataclass, field
 import pika
 from sqlalchemy import select as sql_select
 from sqlalchemy import update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, Row
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from common.config import Env, database_url, exit_on_config_error
 from common.db import make_engine, utcnow
-from common.events import notify_channel
 from common.logging import configure_logging_from_env
+from common.outbox import notify_channel
 from workers.broker import (
     CONNECTION_ERRORS,
     Stopper,
@@ -78,7 +77,13 @@ class Relay:
         with Session(self.engine) as session, session.begin():
             query = (
                 sql_select(
-                    model.seq, model.message_id, model.exchange, model.routing_key, model.body
+                    model.seq,
+                    model.message_id,
+                    model.exchange,
+                    model.routing_key,
+                    model.source,
+                    model.correlation_id,
+                    model.body,
                 )
                 .where(model.published_at.is_(None))
                 .order_by(model.seq)
@@ -168,7 +173,7 @@ class Relay:
         publisher.wait([self.stopper.wake_fd], seconds)
 
     # -- the loop ------------------------------------------------------------
-    def _session(self) -> None:
+    def _serve_connection(self) -> None:
         # Exchanges first, on a short blocking connection; then the publisher's own.
         connection = connect(self.settings, self.name)
         try:
@@ -203,22 +208,22 @@ class Relay:
         if install_signals:
             self.stopper.install()
         try:
-            run_forever(self.name, self._session, self.stopper)
+            run_forever(self.name, self._serve_connection, self.stopper)
         finally:
             self._drop_listener()
         log.info("%s stopped", self.name)
         return 0
 
 
-def _properties(row) -> pika.BasicProperties:
-    envelope = json.loads(row.body)
+def _properties(row: Row) -> pika.BasicProperties:
+    """The contract's AMQP properties of an outbox row, from its columns."""
     return pika.BasicProperties(
         message_id=row.message_id,
         type=row.routing_key,
         content_type="application/json",
         delivery_mode=pika.DeliveryMode.Persistent,
-        app_id=envelope.get("source"),
-        correlation_id=envelope.get("correlation_id"),
+        app_id=row.source,
+        correlation_id=row.correlation_id,
     )
 
 

@@ -1,12 +1,14 @@
-"""The auth service's HTTP resources, one blueprint per module."""
+"""The auth service's HTTP resources: one package per resource, ``routes.py`` + ``schemas.py``."""
 
 from __future__ import annotations
 
 from sqlalchemy import text
 
-from auth_app.components import components
-from auth_app.resources import account, auth, jwks
-from common.db import get_session
+from auth_app.extensions import redis_client
+from auth_app.resources.account.routes import blp as account
+from auth_app.resources.auth.routes import blp as auth
+from auth_app.resources.jwks.routes import blp as jwks
+from common.flask_db import get_session
 from common.web import ServiceApi, health_blueprint
 
 
@@ -15,12 +17,11 @@ def _database_ready() -> None:
 
 
 def _redis_ready() -> None:
-    components().redis.ping()
+    redis_client().ping()
 
 
-def register_blueprints(api: ServiceApi) -> None:
+def register_resources(api: ServiceApi) -> None:
     """Register every blueprint of the auth service, health checks included."""
-    api.register_blueprint(auth.blp)
-    api.register_blueprint(account.blp)
-    api.register_blueprint(jwks.blp)
+    for blueprint in (auth, account, jwks):
+        api.register_blueprint(blueprint)
     api.register_blueprint(health_blueprint({"database": _database_ready, "redis": _redis_ready}))

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from auth_app import create_app
 from auth_app.models import OutboxEvent
 from common.keys import load_private_key
-from common.testing import check_redis, run_id, write_test_keys
+from tests.support.servers import check_redis, run_id, write_test_keys
 
 PASSWORD = "Tr0ub4dor&3-staple"
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from flask.cli import ScriptInfo
+
 from auth_app.tests.conftest import bearer
 
 FLASK = str(Path(sys.executable).with_name("flask"))
@@ -18,30 +20,39 @@ def test_keys_generate_is_a_no_op_when_keys_exist(runner):
     assert "already exists" in result.output
 
 
-def test_keys_generate_then_rotate_keeps_the_old_key_published(app, runner, tmp_path):
-    app.config["PRIVATE_KEY_PATH"] = tmp_path / "private.pem"
-    app.config["PUBLIC_KEY_PATH"] = tmp_path / "public.pem"
-    result = runner.invoke(args=["keys", "generate"])
+def app_of_cli(make_app, **settings) -> ScriptInfo:
+    """The app as ``flask --app auth_app`` builds it: inside the command, with ``settings``."""
+    return ScriptInfo(create_app=lambda: make_app(**settings))
+
+
+def test_keys_generate_then_rotate_keeps_the_old_key_published(make_app, runner, tmp_path):
+    keys = {
+        "PRIVATE_KEY_PATH": tmp_path / "private.pem",
+        "PUBLIC_KEY_PATH": tmp_path / "public.pem",
+    }
+    cli_app = app_of_cli(make_app, **keys)
+    result = runner.invoke(args=["keys", "generate"], obj=cli_app)
     assert result.exit_code == 0, result.output
     assert "Generated key pair" in result.output
     assert (tmp_path / "private.pem").exists()
-    result = runner.invoke(args=["keys", "rotate"])
+    result = runner.invoke(args=["keys", "rotate"], obj=cli_app)
     assert result.exit_code == 0, result.output
     assert "Rotated signing key" in result.output
     assert len(list((tmp_path / "retired").glob("*.pem"))) == 1
 
 
-def test_keys_rotate_without_keys_says_how_to_make_them(app, runner, tmp_path):
-    app.config["PUBLIC_KEY_PATH"] = tmp_path / "public.pem"
-    app.config["PRIVATE_KEY_PATH"] = tmp_path / "private.pem"
-    result = runner.invoke(args=["keys", "rotate"])
+def test_keys_rotate_without_keys_says_how_to_make_them(make_app, runner, tmp_path):
+    cli_app = app_of_cli(
+        make_app, PUBLIC_KEY_PATH=tmp_path / "public.pem", PRIVATE_KEY_PATH=tmp_path / "private.pem"
+    )
+    result = runner.invoke(args=["keys", "rotate"], obj=cli_app)
     assert result.exit_code != 0
     assert "keys generate" in result.output
 
 
-def test_keys_commands_refuse_pem_from_the_environment(app, runner, key_paths):
-    app.config["JWT_PRIVATE_KEY"] = key_paths[0].read_text()
-    result = runner.invoke(args=["keys", "generate"])
+def test_keys_commands_refuse_pem_from_the_environment(make_app, runner, key_paths):
+    cli_app = app_of_cli(make_app, JWT_PRIVATE_KEY=key_paths[0].read_text())
+    result = runner.invoke(args=["keys", "generate"], obj=cli_app)
     assert result.exit_code != 0
     assert "JWT_PRIVATE_KEY" in result.output
 

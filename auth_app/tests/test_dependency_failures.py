@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from auth_app.models import OutboxEvent
 from auth_app.tests.conftest import PASSWORD, bearer
-from common.testing import allow_connections, fresh_postgres_database, server_down
+from tests.support.servers import allow_connections, fresh_postgres_database, server_down
 
 LOGIN = "/api/v1/auth/login"
 

@@ -9,12 +9,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import sessionmaker
 
-from auth_app import accounts, sessions
+from auth_app import accounts, login_sessions
 from auth_app.models import Base, LoginSession, User
 from auth_app.passwords import PasswordHasher
 from auth_app.revocation import RevocationStore
 from auth_app.tests.conftest import PASSWORD, bearer
 from common.db import make_engine, utcnow
+from common.events import USER_UPDATED
+from tests.support.events import raw_envelope
 
 
 @pytest.fixture
@@ -54,19 +56,21 @@ def user(db):
 
 def test_mark_provisioned_sets_the_time_once(db, user):
     first = utcnow()
-    assert accounts.mark_provisioned(db, user.id, first) is True
-    assert accounts.mark_provisioned(db, user.id, first + timedelta(seconds=5)) is True
+    accounts.mark_provisioned(db, {user.id: first})
+    accounts.mark_provisioned(db, {user.id: first + timedelta(seconds=5)})
+    db.expire_all()
     assert db.get(User, user.id).provisioned_at == first
-    assert accounts.mark_provisioned(db, str(uuid.uuid4()), first) is False
+    # An account that is gone: nothing to mark, and no error.
+    accounts.mark_provisioned(db, {str(uuid.uuid4()): first})
 
 
 def test_mark_many_provisioned_sets_each_time_once(db, user):
     other = new_account(db, "other")
     first = utcnow()
-    accounts.mark_provisioned(db, user.id, first)
+    accounts.mark_provisioned(db, {user.id: first})
     db.commit()
     later = first + timedelta(seconds=5)
-    accounts.mark_many_provisioned(db, {user.id: later, other.id: later, str(uuid.uuid4()): later})
+    accounts.mark_provisioned(db, {user.id: later, other.id: later, str(uuid.uuid4()): later})
     db.commit()
     db.expire_all()
     assert db.get(User, user.id).provisioned_at == first
@@ -84,7 +88,7 @@ def test_admin_changes_apply_in_order_and_stale_ones_are_ignored(db, store, user
 
 
 def test_deactivation_revokes_sessions_and_tokens(db, store, user):
-    sid, _ = sessions.start(db, user.id, utcnow(), timedelta(days=1))
+    sid, _ = login_sessions.start(db, user.id, utcnow(), timedelta(days=1))
     issued = int(time.time())
     later = utcnow() + timedelta(seconds=1)
     assert accounts.apply_admin_changes(db, store, user.id, {"is_active": False}, later)
@@ -98,13 +102,20 @@ def test_deactivation_revokes_sessions_and_tokens(db, store, user):
     assert db.get(User, user.id).is_active is True
 
 
+def admin_change(user_id: str, changes: dict):
+    """A ``user.updated`` message as the auth worker accepts it through the catalogue."""
+    return USER_UPDATED.accept(
+        raw_envelope(USER_UPDATED, "user_app", {"user_id": user_id, "changes": changes})
+    )
+
+
 def test_admin_changes_that_can_never_apply_raise(db, store, user):
     with pytest.raises(ValueError):
-        accounts.apply_admin_changes(db, store, user.id, {"is_active": "yes"}, utcnow())
+        admin_change(user.id, {"is_active": "yes"})
     with pytest.raises(ValueError):
-        accounts.apply_admin_changes(db, store, user.id, {"roles": "admin"}, utcnow())
+        admin_change(user.id, {"roles": "admin"})
     with pytest.raises(ValueError):
-        accounts.apply_admin_changes(db, store, user.id, {"roles": ["Admin!"]}, utcnow())
+        admin_change(user.id, {"roles": ["Admin!"]})
 
 
 def test_admin_change_for_an_unknown_user_is_a_no_op(db, store):
@@ -112,7 +123,7 @@ def test_admin_change_for_an_unknown_user_is_a_no_op(db, store):
 
 
 def test_deletion_from_the_user_service_removes_without_an_echo(db, store, user):
-    sessions.start(db, user.id, utcnow(), timedelta(days=1))
+    login_sessions.start(db, user.id, utcnow(), timedelta(days=1))
     db.commit()
     events_before = db.execute(Base.metadata.tables["outbox"].select()).all()
     assert accounts.delete_account_from_user_service(db, store, user.id) is True
@@ -132,14 +143,14 @@ def test_a_stale_read_loses_the_conditional_rotation(tmp_path):
     )
     setup.add(owner)
     setup.flush()
-    _, token = sessions.start(setup, owner.id, utcnow(), timedelta(days=1))
+    _, token = login_sessions.start(setup, owner.id, utcnow(), timedelta(days=1))
     setup.commit()
     slow, fast = factory(), factory()
-    assert sessions.find(slow, token)[0].rotated_at is None  # read before the other rotates
-    sessions.rotate(fast, token, utcnow(), timedelta(days=1))
+    assert login_sessions.find(slow, token)[0].rotated_at is None  # read before the other rotates
+    login_sessions.rotate(fast, token, utcnow(), timedelta(days=1))
     fast.commit()
-    with pytest.raises(sessions.RefreshTokenReused):
-        sessions.rotate(slow, token, utcnow(), timedelta(days=1))
+    with pytest.raises(login_sessions.RefreshTokenReused):
+        login_sessions.rotate(slow, token, utcnow(), timedelta(days=1))
     for session in (setup, slow, fast):
         session.close()
     engine.dispose()

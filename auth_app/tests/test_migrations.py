@@ -14,7 +14,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from auth_app.models import Base
-from common.testing import fresh_postgres_database
+from tests.support.servers import fresh_postgres_database
 
 ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC = str(Path(sys.executable).with_name("alembic"))

@@ -2,7 +2,7 @@
 
 Every operation gets valid and invalid requests, each with a freshly issued
 access token of a real account, and every schemathesis check runs on the
-answers (see :mod:`common.schema_fuzzing`). In-memory SQLite, the real Redis,
+answers (see :mod:`tests.support.schema_fuzzing`). In-memory SQLite, the real Redis,
 rate limiting off.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from auth_app.tests.conftest import PASSWORD
-from common.schema_fuzzing import fuzz_api
+from tests.support.schema_fuzzing import fuzz_api
 
 # Examples per operation and mode; bounded so the run stays near a minute.
 MAX_EXAMPLES = 40

@@ -18,8 +18,9 @@ from sqlalchemy import String, create_engine, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from common.db import _only_reads, get_session, init_database, make_engine, new_metadata
-from common.testing import POSTGRES_ADMIN_URL, fresh_postgres_database
+from common.db import make_engine, new_metadata
+from common.flask_db import Database, _only_reads, get_session
+from tests.support.servers import POSTGRES_ADMIN_URL, fresh_postgres_database
 
 
 @pytest.fixture
@@ -142,8 +143,7 @@ class Item(Base):
 def probe_app(url: str, *, autocommit_reads: bool = True) -> Flask:
     """A Flask app on ``url`` with a table, reading and writing in several ways."""
     app = Flask("probe")
-    app.config.update(DATABASE_URL=url, CREATE_SCHEMA=True)
-    init_database(app, Base, autocommit_reads=autocommit_reads)
+    Database.from_url(url, autocommit_reads=autocommit_reads).init_app(app, create_schema=Base)
 
     @app.get("/read")
     def read():

@@ -6,11 +6,12 @@ import json
 
 import pytest
 
-from common.events import InvalidMessage, make_envelope, parse_envelope
+from common.events import InvalidMessage, parse_envelope
+from tests.support.events import raw_envelope
 
 
 def good() -> dict:
-    return make_envelope("user.sync", "auth_app", {"user_id": "x"}, "corr").to_dict()
+    return raw_envelope("user.sync", "auth_app", {"user_id": "x"}, "corr").to_dict()
 
 
 def test_a_well_formed_envelope_round_trips():

@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy.orm import DeclarativeBase, Session
 
 from common.db import make_engine, new_metadata
-from common.events import USER_EVENTS, OutboxMixin, emit, notify_channel
-from common.testing import fresh_postgres_database
+from common.outbox import OutboxMixin, emit, notify_channel
+from tests.support.events import NUMBERED
+from tests.support.servers import fresh_postgres_database
 
 
 class Base(DeclarativeBase):
@@ -53,9 +54,7 @@ def received(connection, wait: float = 2.0) -> int:
 
 def write(session: Session, count: int) -> None:
     for n in range(count):
-        emit(
-            session, Outbox, exchange=USER_EVENTS, event_type="user.sync", source="t", data={"n": n}
-        )
+        emit(session, Outbox, NUMBERED, {"n": n})
 
 
 def test_each_committed_transaction_of_one_session_wakes_the_listener(engine, listener):

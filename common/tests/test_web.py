@@ -6,13 +6,13 @@ import logging
 
 from flask import Flask
 
+from common.config import WebSettings
 from common.logging import ContextFilter
 from common.web import create_api
 
 
 def make_app() -> Flask:
     app = Flask("probe")
-    app.config["API_TITLE"] = "probe"
 
     @app.get("/boom")
     def boom():
@@ -30,7 +30,7 @@ def make_app() -> Flask:
     def page():
         return "page"
 
-    create_api(app)
+    create_api(app, WebSettings(database_url="sqlite://", log_format="text"), title="probe")
     return app
 
 

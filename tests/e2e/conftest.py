@@ -22,16 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from common.testing import (
+from tests.conftest import ROOT, parse_procfile
+from tests.e2e.client import call
+from tests.e2e.processes import MARKER, alive, free_port, processes_with_marker, tail
+from tests.support.servers import (
     REDIS_URL,
     check_redis,
     fresh_postgres_database,
     fresh_vhost,
     run_id,
 )
-from tests.conftest import ROOT, parse_procfile
-from tests.e2e.client import call
-from tests.e2e.processes import MARKER, alive, free_port, processes_with_marker, tail
 
 # The virtual environment's bin directory: the Procfile names bare commands
 # (gunicorn, python, alembic) that must resolve to it, as under `make run`.

@@ -9,9 +9,9 @@ import pytest
 from common.config import EXIT_CONFIG_ERROR, ConfigError
 from common.jwks import JWKSKeySet
 from common.keys import KeyRing, rotate_key_pair, thumbprint
-from common.testing import write_test_keys
+from tests.support.servers import write_test_keys
 from user_app import create_app
-from user_app.config import load_config, user_database_url
+from user_app.config import load_settings, user_database_url
 from user_app.tests.conftest import bearer
 
 PG = "postgresql+psycopg2://u@db:5432/users"
@@ -19,17 +19,17 @@ PG = "postgresql+psycopg2://u@db:5432/users"
 
 def test_defaults(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = load_config(environ={})
-    assert config["DATABASE_URL"] == f"sqlite:///{tmp_path / 'var' / 'user.db'}"
-    assert config["JWT_ISSUER"] == "http://127.0.0.1:5001"
-    assert config["JWT_AUDIENCE"] == "user-service"
-    assert config["JWT_LEEWAY_SECONDS"] == 10
-    assert config["PUBLIC_KEY_PATH"] == Path("keys/public.pem")
-    assert config["AUTH_JWKS_URL"] is None
-    assert config["JWKS_REFETCH_COOLDOWN_SECONDS"] == 60
-    assert config["ACCESS_TOKEN_EXPIRE_MINUTES"] == 15
-    assert config["MAX_CONTENT_LENGTH"] == 64 * 1024
-    assert (config["LOG_LEVEL"], config["LOG_FORMAT"]) == ("INFO", "json")
+    config = load_settings(environ={})
+    assert config.database_url == f"sqlite:///{tmp_path / 'var' / 'user.db'}"
+    assert config.jwt_issuer == "http://127.0.0.1:5001"
+    assert config.jwt_audience == "user-service"
+    assert config.jwt_leeway_seconds == 10
+    assert config.public_key_path == Path("keys/public.pem")
+    assert config.auth_jwks_url is None
+    assert config.jwks_refetch_cooldown_seconds == 60
+    assert config.access_token_expire_minutes == 15
+    assert config.max_content_length == 64 * 1024
+    assert (config.log_level, config.log_format) == ("INFO", "json")
 
 
 def test_database_url_precedence():
@@ -41,11 +41,11 @@ def test_database_url_precedence():
 
 
 def test_a_pem_in_the_environment_with_escaped_newlines(signer):
-    config = load_config(
+    config = load_settings(
         {"DATABASE_URL": "sqlite://"},
         environ={"JWT_PUBLIC_KEY": signer.public_pem.replace("\n", "\\n")},
     )
-    assert config["JWT_PUBLIC_KEY"] == signer.public_pem
+    assert config.jwt_public_key == signer.public_pem
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ def test_a_pem_in_the_environment_with_escaped_newlines(signer):
 def test_bad_values_name_the_variable(environ, variable, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=variable):
-        load_config(environ=environ)
+        load_settings(environ=environ)
 
 
 def test_a_missing_key_file_stops_the_app_with_one_line(tmp_path, monkeypatch, capsys):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.testing import allow_connections, fresh_postgres_database
+from tests.support.servers import allow_connections, fresh_postgres_database
 from user_app import create_app
 from user_app.tests.conftest import app_config, bearer
 

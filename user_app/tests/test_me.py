@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from common.db import Database
+from common.flask_db import Database
 from user_app import profiles
 from user_app.models import Base, Profile
 from user_app.tests.conftest import outbox_bodies

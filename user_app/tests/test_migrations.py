@@ -14,9 +14,10 @@ from sqlalchemy import inspect
 from sqlalchemy.orm import sessionmaker
 
 from common.db import make_engine
-from common.testing import fresh_postgres_database
-from user_app import profiles
+from tests.support.servers import fresh_postgres_database
+from user_app import administration
 from user_app.models import Base
+from user_app.tests import messages
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,20 +66,20 @@ def test_the_models_run_on_postgresql():
             data = {"user_id": user_id, "email": "pg@example.com", "username": "pg_user"}
             now = datetime.now(UTC)
             with sessions() as session:
-                profiles.apply_sessions_revoked(session, user_id, 1_700_000_000)
-                profiles.apply_sessions_revoked(session, user_id, 1_700_000_001.5)
-                profiles.apply_user_created(session, data, now)
-                profiles.apply_user_created(session, data, now)
+                messages.apply_sessions_revoked(session, user_id, 1_700_000_000)
+                messages.apply_sessions_revoked(session, user_id, 1_700_000_001.5)
+                messages.apply_user_created(session, data, now)
+                messages.apply_user_created(session, data, now)
                 session.commit()
             with sessions() as session:
-                total, page = profiles.search_profiles(session, q="PG_U")
+                total, page = administration.search_profiles(session, q="PG_U")
                 assert total == 1 and page[0].tokens_valid_after == 1_700_000_001.5
-                profiles.admin_update_profile(session, page[0], {"is_active": False})
-                profiles.apply_user_deleted(session, user_id, now)
-                profiles.apply_user_deleted(session, user_id, now)
+                administration.update_profile(session, page[0], {"is_active": False})
+                messages.apply_user_deleted(session, user_id, now)
+                messages.apply_user_deleted(session, user_id, now)
                 session.commit()
             with sessions() as session:
-                assert profiles.apply_user_created(session, data, now) is None
-                assert profiles.search_profiles(session) == (0, [])
+                assert messages.apply_user_created(session, data, now) is None
+                assert administration.search_profiles(session) == (0, [])
         finally:
             engine.dispose()

@@ -17,10 +17,9 @@ import psycopg2.extensions
 import pytest
 from sqlalchemy import event
 
-from common.testing import fresh_postgres_database
-from user_app import profiles
+from tests.support.servers import fresh_postgres_database
 from user_app.models import PendingRevocation, Profile
-from user_app.tests import test_admin, test_me, test_sync
+from user_app.tests import messages, test_admin, test_me, test_sync
 from user_app.tests.conftest import bearer
 
 ME = "/api/v1/users/me"
@@ -74,7 +73,7 @@ def test_a_known_users_read_is_one_statement_outside_a_transaction(app, client, 
 def test_a_first_request_creates_the_profile_in_one_transaction(app, client, signer, db_session):
     user_id = str(uuid.uuid4())
     now = int(time.time())
-    profiles.apply_sessions_revoked(db_session, user_id, now - 20)
+    messages.apply_sessions_revoked(db_session, user_id, now - 20)
     db_session.commit()
     seen = statements(app)
     response = client.get(ME, headers=bearer(signer.token(user_id, iat=now - 10)))

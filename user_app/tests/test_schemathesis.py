@@ -3,14 +3,14 @@
 Every operation gets valid and invalid requests carrying a fresh access token
 of an administrator (signed with the test key, so the admin endpoints are
 exercised too), and every schemathesis check runs on the answers (see
-:mod:`common.schema_fuzzing`). In-memory SQLite.
+:mod:`tests.support.schema_fuzzing`). In-memory SQLite.
 """
 
 from __future__ import annotations
 
 import uuid
 
-from common.schema_fuzzing import fuzz_api, fuzz_links
+from tests.support.schema_fuzzing import fuzz_api, fuzz_links
 from user_app.tests.conftest import bearer
 
 # Examples per operation and mode; bounded so the run stays near a minute.

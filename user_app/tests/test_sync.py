@@ -9,9 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from user_app import profiles
+from common.db import utcnow
+from common.events import InvalidMessage
+from user_app.access import token_revoked
 from user_app.models import PendingRevocation, Profile, Tombstone
-from user_app.profiles import InvalidEventData
+from user_app.tests import messages
 from user_app.tests.conftest import bearer
 
 ME = "/api/v1/users/me"
@@ -37,7 +39,7 @@ def created_data(user_id: str, **overrides) -> dict:
 
 def test_created_makes_a_profile(db_session):
     user_id = str(uuid.uuid4())
-    profile = profiles.apply_user_created(db_session, created_data(user_id), T0)
+    profile = messages.apply_user_created(db_session, created_data(user_id), T0)
     db_session.commit()
     assert profile.id == user_id
     assert (profile.email, profile.username, profile.roles) == ("ada@example.com", "ada", ["user"])
@@ -45,8 +47,8 @@ def test_created_makes_a_profile(db_session):
 
 def test_created_twice_is_the_same_profile(db_session):
     user_id = str(uuid.uuid4())
-    profiles.apply_user_created(db_session, created_data(user_id), T0)
-    profiles.apply_user_created(db_session, created_data(user_id), T0)
+    messages.apply_user_created(db_session, created_data(user_id), T0)
+    messages.apply_user_created(db_session, created_data(user_id), T0)
     db_session.commit()
     assert db_session.query(Profile).filter_by(id=user_id).count() == 1
 
@@ -55,8 +57,8 @@ def test_created_merges_into_a_profile_made_by_the_first_request(client, signer,
     user_id = str(uuid.uuid4())
     headers = bearer(signer.token(user_id, email="old@example.com", username="old"))
     client.patch(ME, json={"display_name": "Mine", "bio": "Hello"}, headers=headers)
-    profile = profiles.apply_user_created(
-        db_session, created_data(user_id, roles=["user", "beta"]), profiles.utcnow()
+    profile = messages.apply_user_created(
+        db_session, created_data(user_id, roles=["user", "beta"]), utcnow()
     )
     db_session.commit()
     assert (profile.email, profile.username) == ("ada@example.com", "ada")
@@ -67,11 +69,11 @@ def test_created_merges_into_a_profile_made_by_the_first_request(client, signer,
 def test_created_does_not_undo_a_later_admin_decision(client, signer, admin, db_session):
     user_id = str(uuid.uuid4())
     client.get(ME, headers=bearer(signer.token(user_id)))
-    sent_at = profiles.utcnow() - timedelta(seconds=5)
+    sent_at = utcnow() - timedelta(seconds=5)
     client.patch(
         f"/api/v1/users/{user_id}", json={"is_active": False, "roles": ["mod"]}, headers=admin[0]
     )
-    profile = profiles.apply_user_created(db_session, created_data(user_id), sent_at)
+    profile = messages.apply_user_created(db_session, created_data(user_id), sent_at)
     db_session.commit()
     assert profile.is_active is False
     assert profile.roles == ["mod"]
@@ -79,9 +81,9 @@ def test_created_does_not_undo_a_later_admin_decision(client, signer, admin, db_
 
 def test_an_older_created_does_not_overwrite_a_newer_one(db_session):
     user_id = str(uuid.uuid4())
-    profiles.apply_user_created(db_session, created_data(user_id, username="newer"), T0)
+    messages.apply_user_created(db_session, created_data(user_id, username="newer"), T0)
     older = T0 - timedelta(minutes=1)
-    profile = profiles.apply_user_created(
+    profile = messages.apply_user_created(
         db_session, created_data(user_id, username="older"), older
     )
     assert profile.username == "newer"
@@ -89,7 +91,7 @@ def test_an_older_created_does_not_overwrite_a_newer_one(db_session):
 
 def test_created_accepts_a_naive_timestamp_as_utc(db_session):
     user_id = str(uuid.uuid4())
-    profile = profiles.apply_user_created(
+    profile = messages.apply_user_created(
         db_session, created_data(user_id), datetime(2026, 1, 1, 12, 0)
     )
     db_session.commit()
@@ -112,20 +114,20 @@ def test_created_accepts_a_naive_timestamp_as_utc(db_session):
     ],
 )
 def test_created_with_bad_data_raises_invalid_event_data(db_session, overrides):
-    with pytest.raises(InvalidEventData):
+    with pytest.raises(InvalidMessage):
         data = {**created_data(str(uuid.uuid4())), **overrides}
-        profiles.apply_user_created(db_session, data, T0)
+        messages.apply_user_created(db_session, data, T0)
 
 
 @pytest.mark.parametrize("data", [None, [], "user"])
 def test_created_with_data_that_is_not_an_object(db_session, data):
-    with pytest.raises(InvalidEventData):
-        profiles.apply_user_created(db_session, data, T0)
+    with pytest.raises(InvalidMessage):
+        messages.apply_user_created(db_session, data, T0)
 
 
 def test_created_with_a_timestamp_that_is_not_a_datetime(db_session):
-    with pytest.raises(InvalidEventData):
-        profiles.apply_user_created(db_session, created_data(str(uuid.uuid4())), "2026-01-01")
+    with pytest.raises(InvalidMessage):
+        messages.apply_user_created(db_session, created_data(str(uuid.uuid4())), 20260101)
 
 
 # -- deleted and tombstones ---------------------------------------------------------
@@ -133,10 +135,10 @@ def test_created_with_a_timestamp_that_is_not_a_datetime(db_session):
 
 def test_deleted_then_a_late_created_does_not_recreate_the_profile(db_session):
     user_id = str(uuid.uuid4())
-    profiles.apply_user_created(db_session, created_data(user_id), T0)
-    profiles.apply_user_deleted(db_session, user_id, T0 + timedelta(minutes=1))
+    messages.apply_user_created(db_session, created_data(user_id), T0)
+    messages.apply_user_deleted(db_session, user_id, T0 + timedelta(minutes=1))
     db_session.commit()
-    assert profiles.apply_user_created(db_session, created_data(user_id), T0) is None
+    assert messages.apply_user_created(db_session, created_data(user_id), T0) is None
     db_session.commit()
     assert db_session.get(Profile, user_id) is None
     assert db_session.get(Tombstone, user_id) is not None
@@ -144,23 +146,23 @@ def test_deleted_then_a_late_created_does_not_recreate_the_profile(db_session):
 
 def test_deleted_before_created_ever_arrived(db_session):
     user_id = str(uuid.uuid4())
-    profiles.apply_user_deleted(db_session, user_id, T0)
-    assert profiles.apply_user_created(db_session, created_data(user_id), T0) is None
+    messages.apply_user_deleted(db_session, user_id, T0)
+    assert messages.apply_user_created(db_session, created_data(user_id), T0) is None
 
 
 def test_deleted_twice_is_harmless(db_session):
     user_id = str(uuid.uuid4())
-    profiles.apply_user_created(db_session, created_data(user_id), T0)
-    profiles.apply_user_deleted(db_session, user_id, T0)
+    messages.apply_user_created(db_session, created_data(user_id), T0)
+    messages.apply_user_deleted(db_session, user_id, T0)
     db_session.commit()
-    profiles.apply_user_deleted(db_session, user_id, T0)
+    messages.apply_user_deleted(db_session, user_id, T0)
     db_session.commit()
     assert db_session.query(Tombstone).filter_by(user_id=user_id).count() == 1
 
 
 def test_a_deleted_users_first_request_does_not_create_a_profile(client, signer, db_session):
     user_id = str(uuid.uuid4())
-    profiles.apply_user_deleted(db_session, user_id, T0)
+    messages.apply_user_deleted(db_session, user_id, T0)
     db_session.commit()
     response = client.get(ME, headers=bearer(signer.token(user_id)))
     assert response.status_code == 401
@@ -169,14 +171,14 @@ def test_a_deleted_users_first_request_does_not_create_a_profile(client, signer,
 
 @pytest.mark.parametrize("user_id", [None, "x", 5])
 def test_deleted_with_a_bad_user_id(db_session, user_id):
-    with pytest.raises(InvalidEventData):
-        profiles.apply_user_deleted(db_session, user_id, T0)
+    with pytest.raises(InvalidMessage):
+        messages.apply_user_deleted(db_session, user_id, T0)
 
 
 def test_sessions_revoked_for_a_deleted_user_stores_nothing(db_session):
     user_id = str(uuid.uuid4())
-    profiles.apply_user_deleted(db_session, user_id, T0)
-    profiles.apply_sessions_revoked(db_session, user_id, time.time())
+    messages.apply_user_deleted(db_session, user_id, T0)
+    messages.apply_sessions_revoked(db_session, user_id, time.time())
     db_session.commit()
     assert db_session.get(PendingRevocation, user_id) is None
 
@@ -185,7 +187,7 @@ def test_sessions_revoked_for_a_deleted_user_stores_nothing(db_session):
 
 
 def revoke(db_session, user_id: str, revoked_before: float) -> None:
-    profiles.apply_sessions_revoked(db_session, user_id, revoked_before)
+    messages.apply_sessions_revoked(db_session, user_id, revoked_before)
     db_session.commit()
 
 
@@ -253,7 +255,7 @@ def test_a_revocation_before_the_profile_exists_is_honoured(client, signer, db_s
 def test_a_pending_revocation_is_folded_into_the_synced_profile(db_session):
     user_id = str(uuid.uuid4())
     revoke(db_session, user_id, 1_700_000_000.25)
-    profile = profiles.apply_user_created(db_session, created_data(user_id), T0)
+    profile = messages.apply_user_created(db_session, created_data(user_id), T0)
     db_session.commit()
     assert profile.tokens_valid_after == 1_700_000_000.25
     assert db_session.get(PendingRevocation, user_id) is None
@@ -261,21 +263,21 @@ def test_a_pending_revocation_is_folded_into_the_synced_profile(db_session):
 
 @pytest.mark.parametrize("value", ["yesterday", None, True, -1, 0, math.inf, math.nan])
 def test_sessions_revoked_with_a_bad_timestamp(db_session, value):
-    with pytest.raises(InvalidEventData):
-        profiles.apply_sessions_revoked(db_session, str(uuid.uuid4()), value)
+    with pytest.raises(InvalidMessage):
+        messages.apply_sessions_revoked(db_session, str(uuid.uuid4()), value)
 
 
 def test_token_revoked_rule():
-    assert profiles.token_revoked(100, None) is False
-    assert profiles.token_revoked(99, 100) is True
-    assert profiles.token_revoked(100, 100) is False
-    assert profiles.token_revoked(100, 100.4) is True
-    assert profiles.token_revoked(101, 100.4) is False
+    assert token_revoked(100, None) is False
+    assert token_revoked(99, 100) is True
+    assert token_revoked(100, 100) is False
+    assert token_revoked(100, 100.4) is True
+    assert token_revoked(101, 100.4) is False
 
 
 def test_an_inactive_synced_user_is_refused_with_403(client, signer, db_session):
     user_id = str(uuid.uuid4())
-    profiles.apply_user_created(db_session, created_data(user_id, is_active=False), T0)
+    messages.apply_user_created(db_session, created_data(user_id, is_active=False), T0)
     db_session.commit()
     response = client.get(ME, headers=bearer(signer.token(user_id)))
     assert response.status_code == 403
@@ -285,18 +287,18 @@ def test_an_inactive_synced_user_is_refused_with_403(client, signer, db_session)
 def test_created_together_takes_each_user_once(db_session):
     user_id = str(uuid.uuid4())
     with pytest.raises(ValueError, match="at most once"):
-        profiles.apply_users_created(
+        messages.apply_users_created(
             db_session, [(created_data(user_id), T0), (created_data(user_id.upper()), T0)]
         )
 
 
 def test_created_together_returns_profiles_in_order_and_none_for_the_deleted(db_session):
     fresh, deleted, existing = (str(uuid.uuid4()) for _ in range(3))
-    profiles.apply_user_deleted(db_session, deleted, T0)
-    profiles.apply_user_created(db_session, created_data(existing, username="old"), T0)
-    profiles.apply_sessions_revoked(db_session, fresh, 1_800_000_000)
+    messages.apply_user_deleted(db_session, deleted, T0)
+    messages.apply_user_created(db_session, created_data(existing, username="old"), T0)
+    messages.apply_sessions_revoked(db_session, fresh, 1_800_000_000)
     later = T0 + timedelta(seconds=1)
-    result = profiles.apply_users_created(
+    result = messages.apply_users_created(
         db_session,
         [
             (created_data(fresh, username="fresh"), later),

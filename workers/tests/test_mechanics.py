@@ -18,19 +18,14 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from common.db import make_engine, new_metadata
-from common.events import (
-    USER_EVENTS,
-    InvalidMessage,
-    OutboxMixin,
-    ProcessedMessageMixin,
-    emit,
-    make_envelope,
-)
-from workers.broker import USER_QUEUE, connect, dead_letter_queue, declare_exchanges, declare_queue
+from common.events import USER_EVENTS, USER_QUEUE, InvalidMessage
+from common.outbox import OutboxMixin, ProcessedMessageMixin, emit
+from tests.support.broker import Running, broker_settings, drain, queue_depth
+from tests.support.events import NUMBERED, raw_envelope
+from workers.broker import connect, dead_letter_queue, declare_exchanges, declare_queue
 from workers.consumer import Consumer
 from workers.publisher import ConfirmingPublisher
 from workers.relay import Relay
-from workers.tests.conftest import Running, broker_settings, drain, queue_depth
 
 
 class Base(DeclarativeBase):
@@ -75,14 +70,7 @@ def write_events(engine, count: int, start: int = 0) -> list[str]:
     ids = []
     with Session(engine) as session, session.begin():
         for n in range(start, start + count):
-            envelope = emit(
-                session,
-                Outbox,
-                exchange=USER_EVENTS,
-                event_type="user.sync",
-                source="auth_app",
-                data={"n": n},
-            )
+            envelope = emit(session, Outbox, NUMBERED, {"n": n})
             ids.append(envelope.id)
     return ids
 
@@ -161,14 +149,24 @@ def test_a_row_with_no_queue_bound_stays_pending_and_goes_out_later(engine, vhos
     assert [p.message_id for p, _ in drain(vhost_url, USER_QUEUE, 2)] == ids
 
 
+def one_by_one(handler):
+    """A consumer's handler from one that takes one message at a time."""
+
+    def handle(envelopes, session):
+        for envelope in envelopes:
+            handler(envelope, session)
+
+    return handle
+
+
 def make_consumer(engine, url, handler=None, **settings):
     applied_handler = handler or record
 
     return Consumer(
         name="test_consumer",
         queue=USER_QUEUE,
-        handlers={"user.sync": applied_handler},
-        sessions=sessionmaker(engine, expire_on_commit=False),
+        handlers={NUMBERED: one_by_one(applied_handler)},
+        session_factory=sessionmaker(engine, expire_on_commit=False),
         processed_model=Processed,
         settings=broker_settings(url, **settings),
     )
@@ -195,7 +193,7 @@ def wait_until(predicate, timeout: float = 20.0) -> bool:
 
 
 def body(n, **extra) -> tuple[str, bytes]:
-    envelope = make_envelope("user.sync", "auth_app", {"n": n, **extra})
+    envelope = raw_envelope("user.sync", "auth_app", {"n": n, **extra})
     return envelope.id, json.dumps(envelope.to_dict()).encode()
 
 
@@ -216,9 +214,9 @@ def test_duplicate_delivery_of_one_message_id_is_applied_once(engine, amqp_url):
         b"not json",
         b"[1, 2]",
         b'{"id": "nope"}',
-        json.dumps({**make_envelope("user.sync", "auth_app", {}).to_dict(), "version": 2}).encode(),
-        json.dumps(make_envelope("user.unknown", "auth_app", {}).to_dict()).encode(),
-        json.dumps(make_envelope("user.sync", "auth_app", {"invalid": True}).to_dict()).encode(),
+        json.dumps({**raw_envelope("user.sync", "auth_app", {}).to_dict(), "version": 2}).encode(),
+        json.dumps(raw_envelope("user.unknown", "auth_app", {}).to_dict()).encode(),
+        json.dumps(raw_envelope("user.sync", "auth_app", {"invalid": True}).to_dict()).encode(),
         "\udcff".encode("utf-8", "surrogatepass"),
     ],
     ids=["bad-json", "array", "bad-envelope", "version-2", "unknown-type", "invalid-data", "utf8"],

@@ -9,8 +9,8 @@ import uuid
 import pika
 import pytest
 
+from tests.support.broker import broker_settings, drain
 from workers.publisher import ConfirmingPublisher, Message
-from workers.tests.conftest import broker_settings, drain
 
 
 def message(exchange: str, routing_key: str, body: bytes = b"{}") -> Message:

@@ -20,13 +20,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from auth_app.models import OutboxEvent
-from common.testing import (
+from common.events import USER_QUEUE
+from tests.integration.system import PASSWORD, System, fresh_system, wait_until
+from tests.support.broker import drain, queue_depth
+from tests.support.servers import (
     allow_connections,
     run_id,
 )
-from workers.broker import USER_QUEUE, declare_queue
-from workers.tests.conftest import drain, queue_depth
-from workers.tests.system import PASSWORD, System, fresh_system, wait_until
+from workers.broker import declare_queue
 
 pytestmark = pytest.mark.slow
 

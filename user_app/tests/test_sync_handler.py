@@ -11,9 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.db import make_engine
-from common.events import InvalidMessage, make_envelope
+from common.events import USER_SYNC, InvalidMessage
+from tests.support.events import raw_envelope
 from user_app.models import Base, OutboxEvent, Profile, Tombstone
-from workers.user_worker import handle_user_sync
+from user_app.sync import handle_user_sync
 
 
 @pytest.fixture
@@ -26,9 +27,14 @@ def session():
 
 
 def sync(action: str, user_id: str, **data):
-    return make_envelope(
+    return raw_envelope(
         "user.sync", "auth_app", {"user_id": user_id, "action": action, **data}, "req-1"
     )
+
+
+def handle(envelope, session):
+    """Apply one message as the user worker does: accepted by the catalogue, then handled."""
+    handle_user_sync([USER_SYNC.accept(envelope)], session)
 
 
 def created(user_id: str, **overrides):
@@ -46,7 +52,7 @@ def created(user_id: str, **overrides):
 def test_created_makes_the_profile_and_answers_with_user_created(session):
     user_id = str(uuid.uuid4())
     envelope = created(user_id)
-    handle_user_sync(envelope, session)
+    handle(envelope, session)
     session.commit()
     profile = session.get(Profile, user_id)
     assert (profile.email, profile.username, profile.roles) == ("ada@example.com", "ada", ["user"])
@@ -63,8 +69,8 @@ def test_created_makes_the_profile_and_answers_with_user_created(session):
 def test_deleted_removes_the_profile_and_a_late_created_does_not_bring_it_back(session):
     user_id = str(uuid.uuid4())
     first = created(user_id)
-    handle_user_sync(sync("deleted", user_id), session)
-    handle_user_sync(first, session)
+    handle(sync("deleted", user_id), session)
+    handle(first, session)
     session.commit()
     assert session.get(Profile, user_id) is None
     assert session.get(Tombstone, user_id) is not None
@@ -73,10 +79,10 @@ def test_deleted_removes_the_profile_and_a_late_created_does_not_bring_it_back(s
 
 def test_sessions_revoked_sets_tokens_valid_after_and_keeps_the_latest(session):
     user_id = str(uuid.uuid4())
-    handle_user_sync(created(user_id), session)
+    handle(created(user_id), session)
     now = time.time()
-    handle_user_sync(sync("sessions_revoked", user_id, revoked_before=now), session)
-    handle_user_sync(sync("sessions_revoked", user_id, revoked_before=now - 100), session)
+    handle(sync("sessions_revoked", user_id, revoked_before=now), session)
+    handle(sync("sessions_revoked", user_id, revoked_before=now - 100), session)
     session.commit()
     assert session.get(Profile, user_id).tokens_valid_after == pytest.approx(now)
 
@@ -94,7 +100,7 @@ def test_sessions_revoked_sets_tokens_valid_after_and_keeps_the_latest(session):
 )
 def test_invalid_data_is_refused_as_a_message_that_can_never_apply(session, envelope):
     with pytest.raises(InvalidMessage):
-        handle_user_sync(envelope, session)
+        handle(envelope, session)
 
 
 def test_the_profile_is_as_old_as_the_account_even_when_made_first_from_a_token(session):
@@ -104,6 +110,6 @@ def test_the_profile_is_as_old_as_the_account_even_when_made_first_from_a_token(
     claims = {"sub": user_id, "email": "ada@example.com", "username": "ada", "roles": ["user"]}
     ensure_profile(session, claims)
     session.flush()
-    handle_user_sync(created(user_id, created_at="2026-11-26T06:00:00+00:00"), session)
+    handle(created(user_id, created_at="2026-11-26T06:00:00+00:00"), session)
     session.commit()
     assert session.get(Profile, user_id).created_at.isoformat() == "2026-11-26T06:00:00+00:00"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from datetime import datetime
 
 import pytest
 from sqlalchemy import select
@@ -19,8 +18,10 @@ from werkzeug.serving import make_server
 
 from auth_app import create_app as create_auth_app
 from auth_app.models import OutboxEvent as AuthOutboxEvent
-from common.testing import check_redis, run_id, write_test_keys
+from tests.support.events import accepted
+from tests.support.servers import check_redis, run_id, write_test_keys
 from user_app import create_app, profiles
+from user_app.sync import handle_user_sync
 from user_app.tests.conftest import bearer
 
 PASSWORD = "Tr0ub4dor&3-staple"
@@ -108,13 +109,7 @@ def apply_syncs(app, envelopes: list[dict]) -> None:
     """What the user worker does with each user.sync, in order."""
     with app.extensions["database"].sessionmaker() as session:
         for envelope in envelopes:
-            data, occurred = envelope["data"], datetime.fromisoformat(envelope["occurred_at"])
-            if data["action"] == "created":
-                profiles.apply_user_created(session, data, occurred)
-            elif data["action"] == "deleted":
-                profiles.apply_user_deleted(session, data["user_id"], occurred)
-            elif data["action"] == "sessions_revoked":
-                profiles.apply_sessions_revoked(session, data["user_id"], data["revoked_before"])
+            handle_user_sync([accepted(json.dumps(envelope))], session)
         session.commit()
 
 

@@ -17,13 +17,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from common.testing import (
+from common.events import USER_QUEUE
+from tests.integration.system import System, fresh_system, wait_until
+from tests.support.broker import queue_depth
+from tests.support.servers import (
     allow_connections,
 )
 from user_app.models import ProcessedMessage
-from workers.broker import USER_QUEUE, dead_letter_queue
-from workers.tests.conftest import queue_depth
-from workers.tests.system import System, fresh_system, wait_until
+from workers.broker import dead_letter_queue
 
 pytestmark = pytest.mark.slow
 

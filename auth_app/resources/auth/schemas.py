@@ -1,13 +1,15 @@
-"""Request and response bodies of the auth endpoints."""
+"""Bodies of the public auth endpoints, and the user and token pair every endpoint answers."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from auth_app.passwords import MAX_PASSWORD_LENGTH
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
-_password = validate.Length(max=MAX_PASSWORD_LENGTH)
+PASSWORD_LENGTH = validate.Length(max=MAX_PASSWORD_LENGTH)
 
 
 class RegisterSchema(Schema):
@@ -18,7 +20,7 @@ class RegisterSchema(Schema):
         required=True,
         validate=validate.Regexp(USERNAME_PATTERN, error="3-32 of A-Z a-z 0-9 _ . -"),
     )
-    password = fields.String(required=True, load_only=True, validate=_password)
+    password = fields.String(required=True, load_only=True, validate=PASSWORD_LENGTH)
 
 
 class LoginSchema(Schema):
@@ -26,10 +28,10 @@ class LoginSchema(Schema):
 
     email = fields.String(validate=validate.Length(min=1, max=254))
     username = fields.String(validate=validate.Length(min=1, max=254))
-    password = fields.String(required=True, load_only=True, validate=_password)
+    password = fields.String(required=True, load_only=True, validate=PASSWORD_LENGTH)
 
     @validates_schema
-    def _one_identifier(self, data, **_kwargs):
+    def _one_identifier(self, data: dict, **_kwargs: Any) -> None:
         if ("email" in data) == ("username" in data):
             raise ValidationError("Give exactly one of email or username.", "_schema")
 
@@ -38,25 +40,6 @@ class RefreshSchema(Schema):
     """A refresh token to exchange."""
 
     refresh_token = fields.String(required=True, load_only=True)
-
-
-class LogoutSchema(Schema):
-    """Optionally, the refresh token of the session being closed."""
-
-    refresh_token = fields.String(load_only=True)
-
-
-class PasswordChangeSchema(Schema):
-    """The current password and the new one."""
-
-    current_password = fields.String(required=True, load_only=True, validate=_password)
-    new_password = fields.String(required=True, load_only=True, validate=_password)
-
-
-class DeleteAccountSchema(Schema):
-    """The password, to confirm deletion."""
-
-    password = fields.String(required=True, load_only=True, validate=_password)
 
 
 class IntrospectSchema(Schema):
@@ -104,9 +87,3 @@ class IntrospectionSchema(Schema):
     roles = fields.List(fields.String())
     email = fields.String()
     username = fields.String()
-
-
-class JwksSchema(Schema):
-    """RFC 7517 key set."""
-
-    keys = fields.List(fields.Dict(), required=True)

@@ -1,12 +1,14 @@
-"""The public keys that verify this service's access tokens (RFC 7517)."""
+"""``GET /.well-known/jwks.json``."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from auth_app.components import components
-from auth_app.resources.schemas import JwksSchema
+from auth_app.extensions import token_issuer
+from auth_app.resources.jwks.schemas import JwksSchema
 
 blp = Blueprint("jwks", __name__, url_prefix="/.well-known", description="Signing keys")
 
@@ -18,6 +20,6 @@ CACHE_CONTROL = "public, max-age=300"
 @blp.route("/jwks.json")
 class Jwks(MethodView):
     @blp.response(200, JwksSchema)
-    def get(self):
+    def get(self) -> Any:
         """Every key whose tokens may still be alive; ``kid`` is the RFC 7638 thumbprint."""
-        return components().issuer.keys.jwks(), 200, {"Cache-Control": CACHE_CONTROL}
+        return token_issuer().keys.jwks(), 200, {"Cache-Control": CACHE_CONTROL}

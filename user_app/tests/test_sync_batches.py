@@ -2,7 +2,7 @@
 
 Random mixes of created, deleted and sessions_revoked messages over a few users,
 on top of a random history (profiles, tombstones, pending revocations), are
-applied one by one to one database and through the batch handler to another;
+applied one by one (each a list of one) to one database and as one list to another;
 every profile, tombstone, pending revocation and user.created answer must match.
 Run on SQLite and on PostgreSQL.
 """
@@ -20,10 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.db import make_engine
-from common.events import make_envelope
-from common.testing import fresh_postgres_database
+from tests.support.servers import fresh_postgres_database
 from user_app.models import Base, OutboxEvent, PendingRevocation, Profile, Tombstone
-from workers.user_worker import handle_user_sync, handle_user_sync_batch
+from user_app.sync import handle_user_sync
+from user_app.tests.messages import envelope as accepted
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -47,9 +47,7 @@ def random_messages(rng: random.Random, users: list[str], count: int, clock: lis
             data["revoked_before"] = 1_800_000_000 + rng.randrange(100)
         data["action"] = action
         clock[0] += rng.choice([0, 1, 5])  # equal times happen: two events in one second
-        envelope = make_envelope("user.sync", "auth_app", data, "req")
-        occurred = (START + timedelta(seconds=clock[0])).isoformat()
-        messages.append(envelope.__class__(**{**envelope.__dict__, "occurred_at": occurred}))
+        messages.append(accepted(data, START + timedelta(seconds=clock[0]), "req"))
     return messages
 
 
@@ -87,12 +85,12 @@ def compare(one_engine, batch_engine, seed: int) -> None:
     for engine in (one_engine, batch_engine):
         with Session(engine) as session, session.begin():
             for envelope in history:
-                handle_user_sync(envelope, session)
+                handle_user_sync([envelope], session)
     with Session(one_engine) as session, session.begin():
         for envelope in batch:
-            handle_user_sync(envelope, session)
+            handle_user_sync([envelope], session)
     with Session(batch_engine) as session, session.begin():
-        handle_user_sync_batch(batch, session)
+        handle_user_sync(batch, session)
     with Session(one_engine) as one, Session(batch_engine) as batched:
         expected, got = state(one), state(batched)
     assert got == expected

@@ -1,15 +1,19 @@
-"""The users resource: a user's own profile, and administration of everyone's."""
+"""``/api/v1/users``: a user's own profile, and administration of everyone's."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask import g
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from common.auth import has_role, login_required
-from common.db import get_session
-from user_app import profiles
-from user_app.schemas import (
+from common.fields import canonical_user_id
+from common.flask_db import get_session
+from user_app import administration, profiles
+from user_app.models import Profile
+from user_app.resources.users.schemas import (
     AdminProfileUpdateSchema,
     ProfileSchema,
     ProfileUpdateSchema,
@@ -21,7 +25,7 @@ blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description="User
 ADMIN = "admin"
 
 
-def _own_profile():
+def _own_profile() -> Profile:
     # The token check has just read the caller's profile; only a user whose
     # sync has not arrived yet needs it created here. A read then has nothing
     # to commit: only the creation does.
@@ -36,9 +40,9 @@ def _own_profile():
     return profile
 
 
-def _profile_or_404(user_id: str):
+def _profile_or_404(user_id: str) -> Profile:
     # A malformed id names no user: 404, like any unknown one.
-    canonical = profiles.normalise_user_id(user_id)
+    canonical = canonical_user_id(user_id)
     profile = profiles.get_profile(get_session(), canonical) if canonical else None
     if profile is None:
         abort(404, message="User not found")
@@ -49,14 +53,14 @@ def _profile_or_404(user_id: str):
 class Me(MethodView):
     @login_required
     @blp.response(200, ProfileSchema)
-    def get(self):
+    def get(self) -> Any:
         """Your profile (created from your token if the registration sync has not arrived)."""
         return _own_profile()
 
     @login_required
     @blp.arguments(ProfileUpdateSchema)
     @blp.response(200, ProfileSchema)
-    def patch(self, changes):
+    def patch(self, changes: dict) -> Any:
         """Change your display name, bio or avatar URL; ``null`` clears a field."""
         profile = _own_profile()
         profiles.update_own_profile(profile, changes)
@@ -84,9 +88,9 @@ class Users(MethodView):
     @blp.response(200, ProfileSchema(many=True))
     @blp.doc(responses={200: {"links": _links_to_first_user()}})
     @blp.paginate(page_size=20, max_page_size=100)
-    def get(self, query, pagination_parameters):
+    def get(self, query: dict, pagination_parameters: Any) -> Any:
         """List profiles, oldest first, optionally searched (``q``) and filtered (``is_active``)."""
-        total, page = profiles.search_profiles(
+        total, page = administration.search_profiles(
             get_session(),
             q=query.get("q"),
             is_active=query.get("is_active"),
@@ -103,7 +107,7 @@ class User(MethodView):
     @blp.response(200, ProfileSchema)
     @blp.alt_response(403, description="Neither the user nor an administrator")
     @blp.alt_response(404, description="No such user")
-    def get(self, user_id):
+    def get(self, user_id: str) -> Any:
         """One user's profile: your own, or anyone's for an administrator."""
         if g.claims["sub"] == user_id:
             return _own_profile()
@@ -115,10 +119,10 @@ class User(MethodView):
     @blp.arguments(AdminProfileUpdateSchema)
     @blp.response(200, ProfileSchema)
     @blp.alt_response(404, description="No such user")
-    def patch(self, changes, user_id):
+    def patch(self, changes: dict, user_id: str) -> Any:
         """Change a profile; a change of ``is_active`` or ``roles`` is sent as ``user.updated``."""
         profile = _profile_or_404(user_id)
-        profiles.admin_update_profile(get_session(), profile, changes)
+        administration.update_profile(get_session(), profile, changes)
         get_session().commit()
         return profile
 
@@ -126,7 +130,7 @@ class User(MethodView):
     @blp.response(204)
     @blp.alt_response(403, description="Administrators cannot delete themselves here")
     @blp.alt_response(404, description="No such user")
-    def delete(self, user_id):
+    def delete(self, user_id: str) -> None:
         """Delete a user everywhere: the profile here, the account at the auth service.
 
         An administrator cannot delete their own account through this endpoint,
@@ -136,5 +140,5 @@ class User(MethodView):
         profile = _profile_or_404(user_id)
         if profile.id == g.claims["sub"]:
             abort(403, message="Use DELETE /api/v1/auth/me to delete your own account")
-        profiles.admin_delete_profile(get_session(), profile)
+        administration.delete_profile(get_session(), profile)
         get_session().commit()

@@ -1,4 +1,4 @@
-"""Request and response schemas of the users resource."""
+"""Bodies and query of the users resource."""
 
 from __future__ import annotations
 
@@ -13,16 +13,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from user_app.profiles import MAX_ROLES, ROLE_RE
-
-
-class StrictBoolean(fields.Boolean):
-    """A JSON boolean only: ``"yes"``, ``1`` or ``"true"`` are refused in a body."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, bool):
-            raise ValidationError("Not a valid boolean.")
-        return value
+from common.fields import MAX_ROLES, ROLE_NAME, ROLE_NAME_ERROR, StrictBoolean
 
 
 class ProfileSchema(Schema):
@@ -63,11 +54,7 @@ class AdminProfileUpdateSchema(ProfileUpdateSchema):
 
     is_active = StrictBoolean()
     roles = fields.List(
-        fields.String(
-            validate=validate.Regexp(
-                ROLE_RE, error="Role names are 1-32 of a-z, 0-9, _ and -, starting with a letter."
-            )
-        ),
+        fields.String(validate=validate.Regexp(ROLE_NAME, error=ROLE_NAME_ERROR)),
         validate=validate.Length(max=MAX_ROLES),
     )
 

@@ -1,10 +1,11 @@
-"""Refresh tokens and their session families.
+"""Login sessions: one per login, each the family of the refresh tokens rotated from it.
 
-A login starts a family (its id is the ``sid`` claim). Each refresh rotates
-the presented token: it is marked used in the same statement that checks it
-is unused, so of two concurrent refreshes exactly one wins. A used token that
-comes back is a replay: the whole family is revoked. Only SHA-256 hashes of
-refresh tokens are stored.
+A login starts a login session (its id is the ``sid`` claim). Each refresh
+rotates the presented token: it is marked used in the same statement that
+checks it is unused, so of two concurrent refreshes exactly one wins. A used
+token that comes back is a replay: the whole family is revoked. Only SHA-256
+hashes of refresh tokens are stored. (``session`` below is the database
+session, as everywhere; a login session is a ``family``.)
 """
 
 from __future__ import annotations

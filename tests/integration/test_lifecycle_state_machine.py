@@ -35,9 +35,9 @@ from sqlalchemy import select
 from auth_app.models import OutboxEvent
 from auth_app.tests.conftest import PASSWORD, bearer
 from common.db import utcnow
-from common.events import parse_envelope
+from tests.support.events import accepted
 from user_app import create_app as create_user_app
-from workers.user_worker import handle_user_sync
+from user_app.sync import handle_user_sync
 
 NEW_PASSWORD = "Another-long-passphrase-7"
 MAX_EXAMPLES = 25
@@ -74,7 +74,7 @@ def sync_user_service(auth_app, user_app) -> int:
             .order_by(OutboxEvent.seq)
         ).all()
         for row in rows:
-            handle_user_sync(parse_envelope(row.body), user_db)
+            handle_user_sync([accepted(row.body)], user_db)
             user_db.commit()
             row.published_at = utcnow()
         auth_db.commit()

@@ -8,11 +8,11 @@ from datetime import timedelta
 import jwt
 from sqlalchemy import select, update
 
+from auth_app.login_sessions import hash_token
 from auth_app.models import LoginSession, RefreshToken, User
-from auth_app.sessions import hash_token
 from auth_app.tests.conftest import PASSWORD, Accounts, bearer
 from common.db import utcnow
-from common.testing import fresh_postgres_database
+from tests.support.servers import fresh_postgres_database
 
 REFRESH = "/api/v1/auth/refresh"
 ME = "/api/v1/auth/me"

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 import jwt
 import pytest
 
-from workers.tests.system import System, fresh_system, wait_until
+from tests.integration.system import System, fresh_system, wait_until
 
 
 @pytest.fixture(scope="module")

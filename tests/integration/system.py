@@ -25,12 +25,12 @@ from sqlalchemy.orm import Session
 from auth_app import create_app as create_auth_app
 from auth_app import models as auth_models
 from common.db import make_engine
+from tests.support.broker import Running
 from user_app import create_app as create_user_app
 from user_app import models as user_models
 from workers import auth_worker, user_worker
 from workers.relay import Relay
 from workers.settings import BrokerSettings
-from workers.tests.conftest import Running
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct-Horse-battery-9"
@@ -124,7 +124,9 @@ class System:
         settings = self.settings()
         user_consumer = user_worker.build_consumer(self.user_engine, settings)
         auth_consumer = auth_worker.build_consumer(
-            self.auth_engine, settings, auth_worker.revocation_store(self.auth_app.config)
+            self.auth_engine,
+            settings,
+            auth_worker.revocation_store(self.auth_app.extensions["settings"]),
         )
         for runner in (
             Relay("auth_relay", auth_models.OutboxEvent, self.auth_engine, settings),
@@ -203,7 +205,7 @@ class System:
 @contextmanager
 def fresh_system(label: str, keys_dir: Path, amqp_url: str | None = None):
     """A System on fresh databases, a fresh vhost (unless given) and a Redis prefix of its own."""
-    from common.testing import (
+    from tests.support.servers import (
         check_redis,
         fresh_postgres_database,
         fresh_vhost,

@@ -1,0 +1,182 @@
+"""What an auth app makes once and every request shares, attached by :func:`init_app`.
+
+The database, the Redis client and the stores on it (revocations, the login
+throttle), the password hasher, the signing keys and the token issuer live in
+``app.extensions``; the functions below hand the current app's to views, the
+CLI and the access check. The per-address rate limiter is flask-limiter's, one
+per process (flask-limiter keeps one app's storage and switches; a process
+serves one app), so views can name it in ``@limiter.limit``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+import click
+import redis
+from flask import Flask, current_app
+from flask_limiter import Limiter, RateLimitExceeded
+from flask_limiter.util import get_remote_address
+from sqlalchemy.exc import OperationalError
+
+from auth_app.access import AccessCheck
+from auth_app.config import AuthSettings
+from auth_app.login_throttle import LoginThrottle
+from auth_app.models import Base
+from auth_app.passwords import PasswordHasher
+from auth_app.revocation import REDIS_TIMEOUT_SECONDS, RevocationStore, connect_redis
+from auth_app.tokens import TokenIssuer
+from common.auth import BearerAuth
+from common.config import ConfigError
+from common.flask_db import Database
+from common.keys import KeyRing
+from common.tokens import TokenVerifier
+from common.web import ServiceApi
+
+TOO_MANY_REQUESTS = "Too many requests from this address; try again later"
+
+
+def _limited_client() -> str:
+    # The app's own prefix goes into the key: flask-limiter keeps the prefix of
+    # the first app it served, and test processes build many apps.
+    return f"{settings().ratelimit_key_prefix}:{get_remote_address()}"
+
+
+#: Per-client-address limits on the endpoints anyone may call (register, login, refresh).
+limiter = Limiter(key_func=_limited_client, default_limits=[], headers_enabled=False)
+
+
+def auth_rate_limit() -> str:
+    """The configured limit of each rate-limited endpoint (``RATELIMIT_AUTH``)."""
+    return settings().ratelimit_auth
+
+
+class _DeferredKeyRing:
+    """Loads the key ring on first use: lets ``flask keys generate`` run before keys exist."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self._settings = settings
+        self._ring: KeyRing | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._ring is None:
+            self._ring = signing_keys(self._settings)
+        return getattr(self._ring, name)
+
+
+def signing_keys(settings: AuthSettings) -> KeyRing:
+    """The key ring the service signs with: PEM variables, else key files."""
+    return KeyRing(
+        private_path=settings.private_key_path,
+        public_path=settings.public_key_path,
+        private_pem=settings.jwt_private_key,
+        public_pem=settings.jwt_public_key,
+        retain_seconds=settings.key_retention_seconds,
+        need_private=True,
+    )
+
+
+def _keys_for(settings: AuthSettings) -> KeyRing:
+    try:
+        return signing_keys(settings)
+    except ConfigError:
+        # Under the flask CLI the keys may not exist yet (`keys generate` makes
+        # them); a web process, with no click context, stops at once instead.
+        if click.get_current_context(silent=True) is None:
+            raise
+        return cast(KeyRing, _DeferredKeyRing(settings))
+
+
+def init_app(app: Flask, api: ServiceApi, settings: AuthSettings) -> None:
+    """Make the app's shared objects and attach them to ``app``."""
+    app.extensions["settings"] = settings
+    Database.from_url(settings.database_url).init_app(
+        app, create_schema=Base if settings.create_schema else None
+    )
+    client = connect_redis(settings)
+    keys = _keys_for(settings)
+    revocation = RevocationStore.for_settings(client, settings)
+    app.extensions["redis"] = client
+    app.extensions["revocation"] = revocation
+    app.extensions["login_throttle"] = LoginThrottle(
+        client,
+        settings.redis_key_prefix,
+        max_failures=settings.login_max_failures,
+        window=settings.login_failure_window_seconds,
+    )
+    app.extensions["password_hasher"] = PasswordHasher(
+        settings.bcrypt_rounds, settings.password_pepper
+    )
+    app.extensions["token_issuer"] = TokenIssuer(keys, revocation, settings)
+    verifier = TokenVerifier(
+        keys,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        leeway=settings.jwt_leeway_seconds,
+    )
+    BearerAuth(verifier, AccessCheck(revocation), realm="auth").init_app(app)
+    api.map_errors(
+        app,
+        {
+            OperationalError: (503, "Database unavailable"),
+            redis.exceptions.ConnectionError: (503, "Redis unavailable"),
+            redis.exceptions.TimeoutError: (503, "Redis unavailable"),
+            ConfigError: (503, "Signing keys unavailable"),
+        },
+    )
+    _init_limiter(app, api, settings)
+
+
+def _init_limiter(app: Flask, api: ServiceApi, settings: AuthSettings) -> None:
+    app.config.update(
+        RATELIMIT_ENABLED=settings.ratelimit_enabled,
+        RATELIMIT_STORAGE_URI=settings.redis_url,
+        RATELIMIT_STORAGE_OPTIONS={
+            "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+            "socket_timeout": REDIS_TIMEOUT_SECONDS,
+        },
+    )
+    limiter.init_app(app)
+
+    def too_many_requests(error: RateLimitExceeded) -> Any:
+        payload, code, headers = api.handle_http_exception(error)
+        current = limiter.current_limit
+        retry_after = 60
+        if current is not None:
+            retry_after = max(1, int(current.reset_at - time.time()))
+        headers = dict(headers or {})
+        headers["Retry-After"] = str(retry_after)
+        return payload, code, headers
+
+    app.register_error_handler(RateLimitExceeded, too_many_requests)
+
+
+def settings() -> AuthSettings:
+    """The current app's settings."""
+    return cast(AuthSettings, current_app.extensions["settings"])
+
+
+def redis_client() -> redis.Redis:
+    """The current app's Redis client."""
+    return cast(redis.Redis, current_app.extensions["redis"])
+
+
+def revocation() -> RevocationStore:
+    """The current app's revocation store."""
+    return cast(RevocationStore, current_app.extensions["revocation"])
+
+
+def login_throttle() -> LoginThrottle:
+    """The current app's failed-login throttle."""
+    return cast(LoginThrottle, current_app.extensions["login_throttle"])
+
+
+def password_hasher() -> PasswordHasher:
+    """The current app's password hasher."""
+    return cast(PasswordHasher, current_app.extensions["password_hasher"])
+
+
+def token_issuer() -> TokenIssuer:
+    """The current app's token issuer."""
+    return cast(TokenIssuer, current_app.extensions["token_issuer"])

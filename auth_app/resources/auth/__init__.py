@@ -1,0 +1,1 @@
+"""Public auth endpoints: register, login, refresh, introspect."""

@@ -1,0 +1,100 @@
+"""The two tables behind "at least once, applied exactly once", and writing to the first.
+
+An event is written to the emitting app's ``outbox`` table in the same
+transaction as the change that causes it (:func:`emit`); a relay publishes it
+later with publisher confirms, taking the message's AMQP properties from the
+row's columns. A consuming app records every message id it has applied in its
+``processed_messages`` table, in the transaction that applied it. Each app
+declares its own tables from the mixins here, so that its schema stays its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Integer, String, Text, text
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from common.db import UTCDateTime, utcnow
+from common.events import Envelope, EventType
+from common.logging import request_id_var
+
+# Session.info key: the transaction and the channels it has notified already.
+_NOTIFIED = "outbox_notified"
+
+
+class OutboxMixin:
+    """Columns of an app's outbox table: one row per event, published in ``seq`` order."""
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(36), unique=True)
+    exchange: Mapped[str] = mapped_column(String(64))
+    # The event type's name, which is also the envelope's ``type``.
+    routing_key: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(32))
+    correlation_id: Mapped[str | None] = mapped_column(String(128))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ProcessedMessageMixin:
+    """Columns of an app's processed-messages table: ids of messages already applied."""
+
+    message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    message_type: Mapped[str] = mapped_column(String(128))
+    processed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+def notify_channel(table_name: str) -> str:
+    """The PostgreSQL LISTEN/NOTIFY channel that wakes the relay of an outbox table."""
+    return f"{table_name}_new"
+
+
+def emit(
+    session: Session,
+    outbox_model: type[OutboxMixin],
+    event_type: EventType,
+    data: Mapping[str, Any],
+    correlation_id: str | None = None,
+) -> Envelope:
+    """Write an event to the outbox in the caller's transaction (the caller commits).
+
+    ``data`` goes through the event type's schema, so nothing is written that
+    its consumer would refuse (ValueError). The correlation id defaults to
+    the current request's id. On PostgreSQL a NOTIFY, delivered only at
+    commit, wakes the relay at once.
+    """
+    if correlation_id is None:
+        correlation_id = request_id_var.get()
+    envelope = event_type.make(data, correlation_id)
+    session.add(
+        outbox_model(
+            message_id=envelope.id,
+            exchange=event_type.exchange,
+            routing_key=event_type.routing_key,
+            source=envelope.source,
+            correlation_id=envelope.correlation_id,
+            body=json.dumps(envelope.to_dict(), separators=(",", ":")),
+        )
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        _notify_once(session, notify_channel(outbox_model.__tablename__))  # type: ignore[attr-defined]
+    return envelope
+
+
+def _notify_once(session: Session, channel: str) -> None:
+    # One NOTIFY per channel and transaction is enough (PostgreSQL folds
+    # repeats anyway), and it goes straight to the connection: through
+    # session.execute it would flush the rows pending so far, once per event.
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    notified = session.info.get(_NOTIFIED)
+    if notified is None or notified[0] is not transaction:
+        notified = session.info[_NOTIFIED] = (transaction, set())
+    if channel not in notified[1]:
+        session.connection().execute(text(f"NOTIFY {channel}"))
+        notified[1].add(channel)

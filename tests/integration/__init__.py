@@ -1,0 +1,1 @@
+"""Tests across both services: real tokens of one accepted or refused by the other."""

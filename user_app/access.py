@@ -1,0 +1,90 @@
+"""Whether a genuine token still works here: the account state the sync left behind.
+
+The signature, issuer and audience are checked by :class:`common.tokens.TokenVerifier`;
+this is the user service's own check after it, run on every authenticated request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import g
+from sqlalchemy.orm import Session
+
+from common.auth import AccountDisabled
+from common.fields import canonical_user_id
+from common.flask_db import get_session
+from common.tokens import InvalidToken
+from user_app.models import PendingRevocation, Profile
+from user_app.profiles import is_deleted
+
+
+@dataclass(frozen=True)
+class AccessState:
+    """What the user service knows about a token's subject."""
+
+    profile: Profile | None
+    deleted: bool
+    tokens_valid_after: float | None
+
+
+def access_state(session: Session, user_id: str) -> AccessState:
+    """The profile, deletion and revocation state that decide whether a token still works."""
+    profile = session.get(Profile, user_id)
+    if profile is not None:
+        return AccessState(profile, False, profile.tokens_valid_after)
+    if is_deleted(session, user_id):
+        return AccessState(None, True, None)
+    pending = session.get(PendingRevocation, user_id)
+    return AccessState(None, False, pending.revoked_before if pending else None)
+
+
+def token_revoked(iat: float, tokens_valid_after: float | None) -> bool:
+    """Whether a token issued at ``iat`` predates the user's last session revocation.
+
+    The rule, shared with the auth service: a token is refused when
+    ``iat < revoked_before``. The auth service publishes ``revoked_before`` as
+    the whole second after the revocation instant (``floor(now) + 1``) and
+    never issues that user a token with an ``iat`` below it, so a token issued
+    earlier in the same second as a logout-all (``iat == floor(now)``) is
+    refused while the pair issued right after it (``iat == revoked_before``) is
+    accepted. Should a fractional value arrive, the same comparison refuses
+    every whole-second ``iat`` up to and including the revocation's own second.
+    """
+    return tokens_valid_after is not None and iat < tokens_valid_after
+
+
+def effective_roles(profile: Profile | None, token_roles: list[str]) -> list[str]:
+    """The roles that authorise a request.
+
+    Once an administrator here has set a user's roles, the profile's roles are
+    authoritative (an old token still carrying a removed role gets nothing from
+    it). Until then the token's roles, fresh from the auth service, count.
+    """
+    if profile is not None and profile.roles_changed_at is not None:
+        return list(profile.roles)
+    return list(token_roles)
+
+
+def check_account(claims: dict[str, Any]) -> dict[str, Any]:
+    """Refuse tokens of deleted, signed-out or disabled users; return the effective roles.
+
+    A deleted user or a token issued no later than the user's last session
+    revocation (see :func:`token_revoked`) gets 401; a deactivated user 403.
+    """
+    user_id = canonical_user_id(claims["sub"])
+    if user_id is None or user_id != claims["sub"]:
+        raise InvalidToken("invalid claim sub")
+    state = access_state(get_session(), user_id)
+    # The view reads the same row: keep it for the request, so it is not read twice.
+    # (The session's identity map holds rows weakly, so without this reference
+    # the object is gone by the time the view asks for it again.)
+    g.account_profile = state.profile
+    if state.deleted:
+        raise InvalidToken("account deleted")
+    if token_revoked(claims["iat"], state.tokens_valid_after):
+        raise InvalidToken("token revoked")
+    if state.profile is not None and not state.profile.is_active:
+        raise AccountDisabled("Account disabled")
+    return {**claims, "roles": effective_roles(state.profile, claims.get("roles", []))}

@@ -1,0 +1,98 @@
+"""What an administrator does at the user service: list and search, change, delete.
+
+A change of ``is_active`` or ``roles`` and a deletion are told to the auth
+service (``user.updated``, ``user.deleted``) through the outbox, in the same
+transaction as the change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from common.db import utcnow
+from common.events import USER_DELETED, USER_UPDATED
+from common.outbox import emit
+from user_app.models import OutboxEvent, Profile
+from user_app.profiles import clean_roles, leave_tombstone, update_own_profile
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def search_profiles(
+    session: Session,
+    *,
+    q: str | None = None,
+    is_active: bool | None = None,
+    offset: int = 0,
+    limit: int = 20,
+) -> tuple[int, list[Profile]]:
+    """``(total, page)`` of profiles matching ``q`` and ``is_active``, oldest first.
+
+    ``q`` is a case-insensitive substring of email, username or display name;
+    ``%`` and ``_`` in it match themselves.
+    """
+    conditions = []
+    if q:
+        pattern = f"%{_escape_like(q.lower())}%"
+        conditions.append(
+            or_(
+                *(
+                    func.lower(column).like(pattern, escape="\\")
+                    for column in (Profile.email, Profile.username, Profile.display_name)
+                )
+            )
+        )
+    if is_active is not None:
+        conditions.append(Profile.is_active.is_(is_active))
+    total = session.scalar(select(func.count()).select_from(Profile).where(*conditions)) or 0
+    if offset >= total:
+        # Past the last page: nothing to fetch, and an offset beyond the database's
+        # integer range (``?page=10**30``) never reaches it.
+        return total, []
+    page = session.scalars(
+        select(Profile)
+        .where(*conditions)
+        .order_by(Profile.created_at, Profile.id)
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    return total, list(page)
+
+
+def update_profile(session: Session, profile: Profile, changes: Mapping[str, Any]) -> dict:
+    """Apply an administrator's edits; emit ``user.updated`` if is_active or roles changed.
+
+    Returns the changes reported to the auth service (empty when none).
+    """
+    update_own_profile(profile, changes)
+    now = utcnow()
+    reported: dict[str, Any] = {}
+    if "is_active" in changes and changes["is_active"] != profile.is_active:
+        profile.is_active = changes["is_active"]
+        reported["is_active"] = profile.is_active
+    if "roles" in changes:
+        roles = clean_roles(changes["roles"])
+        if roles != list(profile.roles):
+            profile.roles = roles
+            reported["roles"] = roles
+        # Even an unchanged list is an administrator's decision a late sync must not undo.
+        profile.roles_changed_at = now
+    if "is_active" in changes:
+        profile.active_changed_at = now
+    if reported:
+        emit(session, OutboxEvent, USER_UPDATED, {"user_id": profile.id, "changes": reported})
+    return reported
+
+
+def delete_profile(session: Session, profile: Profile) -> None:
+    """Delete a profile, leave a tombstone and emit ``user.deleted`` in the same transaction."""
+    user_id = profile.id
+    session.delete(profile)
+    leave_tombstone(session, user_id, utcnow())
+    emit(session, OutboxEvent, USER_DELETED, {"user_id": user_id})

@@ -1,0 +1,1 @@
+"""The users resource: a user's own profile, and administration of everyone's."""

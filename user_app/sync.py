@@ -1,0 +1,204 @@
+"""What the user service does with the auth service's events: ``user.sync``.
+
+The user worker hands :func:`handle_user_sync` the messages it took from the
+queue, a list of one or many, their data already loaded by the catalogue's
+schema (:data:`common.events.USER_SYNC`). ``created`` creates or merges the
+profile and answers ``user.created`` through the outbox in the same
+transaction; ``deleted`` removes the profile and leaves a tombstone;
+``sessions_revoked`` stores the time before which the user's tokens are dead.
+Each is idempotent and safe to receive late or out of order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from common.db import dialect_insert, insert_ignoring_conflict, utcnow
+from common.events import USER_CREATED, USER_SYNC, Envelope, EventType
+from common.outbox import emit
+from user_app.models import OutboxEvent, PendingRevocation, Profile, Tombstone
+from user_app.profiles import fold_pending_revocation, is_deleted, leave_tombstone
+
+
+@dataclass(frozen=True)
+class _Created:
+    """A ``created`` sync: the user, the event's time, the new row's values."""
+
+    user_id: str
+    occurred: datetime
+    created_at: datetime | None
+    fields: dict[str, Any]
+    values: dict[str, Any]
+
+
+def _created(data: dict[str, Any], occurred: datetime) -> _Created:
+    fields = {
+        "email": data["email"].lower(),
+        "username": data["username"],
+        "roles": list(dict.fromkeys(data.get("roles", []))),
+        "is_active": data.get("is_active", True),
+    }
+    now = utcnow()
+    # The account's own creation time, when the sync carries it: the profile
+    # of a user is as old as the user, however late the sync arrived.
+    created_at = data.get("created_at")
+    values = {
+        "id": data["user_id"],
+        "created_at": created_at or now,
+        "updated_at": now,
+        "synced_at": occurred,
+        **fields,
+    }
+    return _Created(data["user_id"], occurred, created_at, fields, values)
+
+
+def apply_users_created(
+    session: Session, events: list[tuple[dict[str, Any], datetime]]
+) -> list[Profile | None]:
+    """Create or merge the profiles of newly registered users, each at most once in ``events``.
+
+    Users seen here for the first time, the common case, cost four statements
+    for the whole lot (tombstones, profiles and pending revocations looked up
+    together, then one multi-row insert). A profile already made from the
+    user's first request is merged: email and username follow the newest
+    sync, roles and is_active follow it unless an administrator here set them
+    after the event; the user's own fields are never touched. Returns the
+    profiles in the order of ``events``, None for a deleted user.
+    """
+    parsed = [_created(data, occurred) for data, occurred in events]
+    ids = [event.user_id for event in parsed]
+    if len(set(ids)) != len(ids):
+        raise ValueError("apply_users_created takes each user at most once")
+    deleted = set(session.scalars(select(Tombstone.user_id).where(Tombstone.user_id.in_(ids))))
+    existing = set(session.scalars(select(Profile.id).where(Profile.id.in_(ids))))
+    pending = {
+        user_id: revoked_before
+        for user_id, revoked_before in session.execute(
+            select(PendingRevocation.user_id, PendingRevocation.revoked_before).where(
+                PendingRevocation.user_id.in_(ids)
+            )
+        )
+    }
+    rows = [
+        {**event.values, "tokens_valid_after": pending.get(event.user_id)}
+        for event in parsed
+        if event.user_id not in deleted and event.user_id not in existing
+    ]
+    inserted: dict[str, Profile] = {}
+    if rows:
+        statement = dialect_insert(session)(Profile).on_conflict_do_nothing()
+        inserted = {p.id: p for p in session.scalars(statement.returning(Profile), rows)}
+        folded = [user_id for user_id in inserted if pending.get(user_id) is not None]
+        if folded:
+            session.execute(delete(PendingRevocation).where(PendingRevocation.user_id.in_(folded)))
+    # Deleted users, existing profiles, and rows another writer inserted first.
+    return [inserted.get(event.user_id) or _merge_created(session, event) for event in parsed]
+
+
+def _merge_created(session: Session, event: _Created) -> Profile | None:
+    if is_deleted(session, event.user_id):
+        return None
+    insert_ignoring_conflict(session, Profile, **event.values)
+    profile = session.get(Profile, event.user_id, populate_existing=True)
+    if profile is None:  # deleted by another writer since
+        return None
+    fold_pending_revocation(session, profile)
+    occurred, fields = event.occurred, event.fields
+    if event.created_at is not None and event.created_at < profile.created_at:
+        profile.created_at = event.created_at
+    if profile.synced_at is None or profile.synced_at <= occurred:
+        profile.email = fields["email"]
+        profile.username = fields["username"]
+        profile.synced_at = occurred
+    if profile.roles_changed_at is None or profile.roles_changed_at < occurred:
+        if list(profile.roles) != fields["roles"]:
+            profile.roles = fields["roles"]
+    if profile.active_changed_at is None or profile.active_changed_at < occurred:
+        profile.is_active = fields["is_active"]
+    return profile
+
+
+def apply_user_deleted(session: Session, user_id: str, occurred_at: datetime) -> None:
+    """Delete the user's profile (if any) and leave a tombstone; repeating it changes nothing."""
+    profile = session.get(Profile, user_id)
+    if profile is not None:
+        session.delete(profile)
+    leave_tombstone(session, user_id, occurred_at)
+
+
+def apply_sessions_revoked(session: Session, user_id: str, revoked_before: float) -> None:
+    """Refuse the user's access tokens issued up to ``revoked_before`` (epoch seconds).
+
+    Keeps the latest revocation seen. Before the profile exists the value is
+    kept aside and folded into the profile when it is created; for a deleted
+    user nothing is stored.
+    """
+    profile = session.get(Profile, user_id)
+    if profile is not None:
+        profile.tokens_valid_after = max(profile.tokens_valid_after or 0.0, revoked_before)
+        return
+    if is_deleted(session, user_id):
+        return
+    insert_ignoring_conflict(
+        session, PendingRevocation, user_id=user_id, revoked_before=revoked_before
+    )
+    # A statement, not a change left pending in the session: the multi-row
+    # profile insert folds this row in from what it reads with SQL.
+    later = PendingRevocation.revoked_before < revoked_before
+    session.execute(
+        update(PendingRevocation)
+        .where(PendingRevocation.user_id == user_id, later)
+        .values(revoked_before=revoked_before)
+    )
+
+
+def _each_user_once(envelopes: list[Envelope]) -> Iterator[list[Envelope]]:
+    """The messages in order, cut wherever a user comes again.
+
+    Within one run every message concerns another user, so its messages touch
+    different rows and may be applied in any order; runs follow each other.
+    """
+    run: list[Envelope] = []
+    users: set[str] = set()
+    for envelope in envelopes:
+        user_id = envelope.data["user_id"]
+        if user_id in users:
+            yield run
+            run, users = [], set()
+        run.append(envelope)
+        users.add(user_id)
+    if run:
+        yield run
+
+
+def handle_user_sync(envelopes: list[Envelope], session: Session) -> None:
+    """Apply ``user.sync`` messages in order, in the caller's transaction."""
+    for run in _each_user_once(envelopes):
+        created = [envelope for envelope in run if envelope.data["action"] == "created"]
+        profiles = apply_users_created(session, [(e.data, e.occurred_at) for e in created])
+        for envelope, profile in zip(created, profiles, strict=True):
+            if profile is not None:
+                # The auth service marks the account provisioned.
+                emit(
+                    session,
+                    OutboxEvent,
+                    USER_CREATED,
+                    {"user_id": profile.id, "profile_created_at": profile.created_at},
+                    correlation_id=envelope.id,
+                )
+        for envelope in run:
+            data = envelope.data
+            if data["action"] == "deleted":
+                apply_user_deleted(session, data["user_id"], envelope.occurred_at)
+            elif data["action"] == "sessions_revoked":
+                apply_sessions_revoked(session, data["user_id"], data["revoked_before"])
+
+
+#: The user worker's handlers, by event type.
+HANDLERS: dict[EventType, Any] = {USER_SYNC: handle_user_sync}
