@@ -1,25 +1,33 @@
 """A key set fetched from the auth service's JWKS endpoint, for services without key files.
 
-Keys are cached by ``kid``. A token signed with an unknown kid (the auth
-service rotated its key) triggers a refetch, at most one per cooldown however
-many requests miss at once, so a flood of made-up kids cannot turn into a
-flood of requests to the auth service. A failed fetch keeps the last good key
-set; the first fetch happens on first use, so this service starts even while
-the auth service is down.
+PyJWT's ``PyJWKClient`` does the caching: the key set is kept for ``max_age``
+(its ``lifespan``), an unknown kid (the auth service rotated its key) forces
+one refetch at most once per ``cooldown`` (its ``cooldown_duration``), and its
+lock makes concurrent misses wait for one fetch instead of each making their
+own (every lookup waits while a fetch is under way, bounded by ``timeout``).
+Nothing is fetched before first use, so this service starts even while the
+auth service is down.
+
+``JWKSKeySet`` adds what PyJWKClient lacks: a bounded response, only RSA keys
+of at least 2048 bits for RS256 signatures, and the last good key set kept
+through a failed fetch, with failed fetches spaced by the cooldown too.
+
+Needs PyJWT 2.15: ``cooldown_duration`` came in 2.14, and only since 2.15 does
+``get_jwk_set`` cache what a replaced ``fetch_data`` returns.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
-import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt import PyJWKClient, PyJWKClientError, PyJWKSet, PyJWTError
 from jwt.algorithms import RSAAlgorithm
 
 log = logging.getLogger(__name__)
@@ -29,13 +37,15 @@ MAX_KID_LENGTH = 128
 MIN_KEY_SIZE = 2048
 
 
-class JWKSError(Exception):
+class JWKSError(PyJWKClientError):
     """The key set could not be fetched or holds no usable key."""
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # A redirect could point the verifier at keys nobody configured.
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> None:
+        """Follow no redirect: it could point the verifier at keys nobody configured."""
         return None
 
 
@@ -80,12 +90,14 @@ def parse_jwks(document: bytes) -> dict[str, rsa.RSAPublicKey]:
     return keys
 
 
-class JWKSKeySet:
-    """The KeySet (``get(kid)``) of a remote JWKS, cached with a bounded refetch rate.
+class JWKSKeySet(PyJWKClient):
+    """The KeySet (``get(kid)``) of a remote JWKS: a PyJWKClient that keeps its last good keys.
 
     ``cooldown`` is the least time between two fetches triggered by unknown
-    kids; ``max_age`` the age after which even a known kid triggers one (so a
-    key the auth service withdrew stops being trusted). ``clock`` is for tests.
+    kids, and between a failed fetch and the next attempt; ``max_age`` the age
+    after which even a known kid triggers one (so a key the auth service
+    withdrew stops being trusted). Raises ValueError for a URL that is not
+    http(s) or a cooldown or max_age PyJWKClient refuses.
     """
 
     def __init__(
@@ -96,67 +108,94 @@ class JWKSKeySet:
         *,
         max_age: float = 3600.0,
         max_bytes: int = MAX_JWKS_BYTES,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            raise ValueError("a JWKS URL must be http:// or https://")
-        self.url = url
-        self.cooldown = cooldown
-        self.timeout = timeout
-        self.max_age = max_age
+    ) -> None:
+        try:
+            super().__init__(
+                url,
+                # Its per-kid LRU never expires, so a withdrawn key would outlive max_age.
+                cache_keys=False,
+                # PyJWKClient skips its cooldown without the set cache.
+                cache_jwk_set=True,
+                lifespan=max_age,
+                headers={"Accept": "application/json"},
+                timeout=timeout,
+                cooldown_duration=cooldown,
+            )
+        except PyJWKClientError as error:
+            raise ValueError(str(error)) from None
         self.max_bytes = max_bytes
-        self.clock = clock
-        self._keys: dict[str, rsa.RSAPublicKey] = {}
-        self._fetched_at: float | None = None  # last successful fetch
-        self._attempted_at: float | None = None  # last attempt, successful or not
-        self._lock = threading.Lock()
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        self._last_good: PyJWKSet | None = None
+        self._failed_at: float | None = None
+
+    @property
+    def cooldown(self) -> float:
+        """The least time in seconds between two refetches (PyJWKClient's cooldown_duration)."""
+        return self.cooldown_duration
 
     def get(self, kid: str) -> rsa.RSAPublicKey | None:
         """The key for ``kid``, fetching the key set again if it is unknown or stale."""
-        key = self._keys.get(kid)
-        stale = self._fetched_at is None or self.clock() - self._fetched_at > self.max_age
-        if key is None or stale:
-            self._refresh()
-            key = self._keys.get(kid)
-        return key
-
-    def _refresh(self) -> None:
-        # Concurrent misses queue on the lock; the first fetches, the rest find
-        # the attempt fresh and read its result.
-        with self._lock:
-            now = self.clock()
-            if self._attempted_at is not None and now - self._attempted_at < self.cooldown:
-                return
-            self._attempted_at = now
-            try:
-                keys = parse_jwks(self._fetch())
-            except JWKSError as error:
-                log.warning(
-                    "JWKS fetch from %s failed, keeping %d keys: %s",
-                    self.url,
-                    len(self._keys),
-                    error,
-                )
-                return
-            self._keys = keys
-            self._fetched_at = now
-            log.info("JWKS fetched from %s: %d keys", self.url, len(keys))
-
-    def _fetch(self) -> bytes:
-        # The scheme was checked in __init__: only http and https reach here.
-        request = urllib.request.Request(  # noqa: S310
-            self.url, headers={"Accept": "application/json"}
-        )
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:  # noqa: S310
-                if response.status != 200:
-                    raise JWKSError(f"HTTP {response.status}")
+            return self.get_signing_key(kid).key
+        except PyJWTError:
+            return None
+
+    def get_jwk_set(self, refresh: bool = False) -> PyJWKSet:
+        """The cached key set, refetched when stale or ``refresh``; the last good one if that fails.
+
+        Raises JWKSError when no fetch has succeeded yet.
+        """
+        with self._client_lock:
+            # PyJWKClient's cooldown starts only on a successful fetch, and an
+            # expired set is refetched on every call: without this, a down auth
+            # service would be asked once per request.
+            waiting = (
+                self._failed_at is not None
+                and time.monotonic() - self._failed_at < self.cooldown_duration
+            )
+            if not waiting:
+                try:
+                    self._last_good = super().get_jwk_set(refresh)
+                    self._failed_at = None
+                except PyJWTError as error:
+                    self._failed_at = time.monotonic()
+                    kept = len(self._last_good.keys) if self._last_good else 0
+                    log.warning(
+                        "JWKS fetch from %s failed, keeping %d keys: %s", self.uri, kept, error
+                    )
+            if self._last_good is None:
+                raise JWKSError("no JWKS fetched yet")
+            return self._last_good
+
+    def fetch_data(self) -> dict[str, Any]:
+        """The usable signing keys at the JWKS URL, as a JWKS; reads at most ``max_bytes``.
+
+        Replaces PyJWKClient's fetch, which reads a response of any size. Raises
+        JWKSError when the endpoint cannot be read or holds no usable key.
+        """
+        # PyJWKClient refused any scheme but http and https.
+        request = urllib.request.Request(self.uri, headers=self.headers)  # noqa: S310
+        try:
+            with urllib.request.build_opener(_NoRedirect).open(
+                request, timeout=self.timeout
+            ) as response:
                 body = response.read(self.max_bytes + 1)
         except urllib.error.HTTPError as error:
+            error.close()
             raise JWKSError(f"HTTP {error.code}") from None
-        except (urllib.error.URLError, OSError, ValueError) as error:
+        except (OSError, http.client.HTTPException, ValueError) as error:
             raise JWKSError(f"{type(error).__name__}: {error}") from None
         if len(body) > self.max_bytes:
             raise JWKSError(f"JWKS larger than {self.max_bytes} bytes")
-        return body
+        keys = parse_jwks(body)
+        # PyJWKClient.fetch_data starts the refetch cooldown; its replacement must
+        # too, or the first unknown kid after the first fetch fetches again at once.
+        self._last_successful_fetch = time.monotonic()
+        log.info("JWKS fetched from %s: %d keys", self.uri, len(keys))
+        # PyJWKClient builds and caches its key set from what this returns: only
+        # the vetted keys, with nothing else their JWKs carried.
+        return {
+            "keys": [
+                {**RSAAlgorithm.to_jwk(key, as_dict=True), "kid": kid, "alg": "RS256", "use": "sig"}
+                for kid, key in keys.items()
+            ]
+        }

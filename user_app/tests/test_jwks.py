@@ -7,10 +7,15 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
+import jwt.api_jwk
+import jwt.jwk_set_cache
+import jwt.jwks_client
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+import common.jwks
 from common.jwks import JWKSError, JWKSKeySet, parse_jwks
 from common.keys import public_jwk
 from user_app import create_app
@@ -106,6 +111,20 @@ class Clock:
         return self.now
 
 
+# PyJWKClient reads time.monotonic itself (the key set's age in jwt.api_jwk and
+# jwt.jwk_set_cache, the refetch cooldown in jwt.jwks_client), as does the retry
+# gate in common.jwks, so the test clock stands in for it in those modules only.
+TIMEKEEPERS = (jwt.api_jwk, jwt.jwk_set_cache, jwt.jwks_client, common.jwks)
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    for module in TIMEKEEPERS:
+        monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=clock))
+    return clock
+
+
 def jwks_app(signer, server, cooldown: float = 60.0):
     return create_app(
         app_config(
@@ -182,10 +201,11 @@ def test_concurrent_misses_coalesce_into_one_fetch(signer, jwks_server):
     assert all(key is not None for key in found)
 
 
-def test_after_the_cooldown_an_unknown_kid_may_fetch_again(signer, rotated_signer, jwks_server):
+def test_after_the_cooldown_an_unknown_kid_may_fetch_again(
+    signer, rotated_signer, jwks_server, clock
+):
     jwks_server.serve(signer)
-    clock = Clock()
-    keys = JWKSKeySet(jwks_server.url, cooldown=60, timeout=2, clock=clock)
+    keys = JWKSKeySet(jwks_server.url, cooldown=60, timeout=2)
     assert keys.get(signer.kid) is not None
     jwks_server.serve(rotated_signer)
     assert keys.get(rotated_signer.kid) is None  # within the cooldown: no fetch
@@ -196,11 +216,10 @@ def test_after_the_cooldown_an_unknown_kid_may_fetch_again(signer, rotated_signe
 
 
 def test_a_stale_key_set_is_refreshed_and_a_withdrawn_key_dropped(
-    signer, rotated_signer, jwks_server
+    signer, rotated_signer, jwks_server, clock
 ):
     jwks_server.serve(signer)
-    clock = Clock()
-    keys = JWKSKeySet(jwks_server.url, cooldown=60, timeout=2, max_age=300, clock=clock)
+    keys = JWKSKeySet(jwks_server.url, cooldown=60, timeout=2, max_age=300)
     assert keys.get(signer.kid) is not None
     jwks_server.serve(rotated_signer)
     clock.now += 301
@@ -223,16 +242,39 @@ def test_the_auth_service_going_down_keeps_the_last_good_keys(signer, jwks_serve
     [(500, b"oops"), (200, b"not json"), (200, b'{"keys": "none"}'), (200, b'{"keys": []}')],
     ids=["http-500", "not-json", "keys-not-list", "no-keys"],
 )
-def test_a_bad_answer_keeps_the_last_good_keys(signer, jwks_server, status, document):
+def test_a_bad_answer_keeps_the_last_good_keys(signer, jwks_server, clock, status, document):
     jwks_server.serve(signer)
-    clock = Clock()
-    keys = JWKSKeySet(jwks_server.url, cooldown=1, timeout=2, clock=clock)
+    keys = JWKSKeySet(jwks_server.url, cooldown=1, timeout=2)
     assert keys.get(signer.kid) is not None
     jwks_server.status, jwks_server.document = status, document
     clock.now += 2
     assert keys.get("some-new-kid") is None
     assert jwks_server.requests == 2
     assert keys.get(signer.kid) is not None
+
+
+def test_a_failed_fetch_is_retried_only_after_the_cooldown(signer, jwks_server, clock):
+    jwks_server.serve(signer)
+    jwks_server.status = 500
+    keys = JWKSKeySet(jwks_server.url, cooldown=60, timeout=2)
+    assert keys.get(signer.kid) is None
+    assert keys.get(signer.kid) is None
+    assert jwks_server.requests == 1
+    jwks_server.status = 200
+    clock.now += 61
+    assert keys.get(signer.kid) is not None
+    assert jwks_server.requests == 2
+
+
+def test_a_stale_key_set_outlives_a_failed_refetch(signer, jwks_server, clock):
+    jwks_server.serve(signer)
+    keys = JWKSKeySet(jwks_server.url, cooldown=60, timeout=2, max_age=300)
+    assert keys.get(signer.kid) is not None
+    jwks_server.status = 500
+    clock.now += 301
+    assert keys.get(signer.kid) is not None
+    assert keys.get(signer.kid) is not None  # within the cooldown of the failure: no fetch
+    assert jwks_server.requests == 2
 
 
 def test_the_service_starts_while_the_auth_service_is_down_and_recovers(signer, jwks_server):
