@@ -21,6 +21,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -126,6 +127,7 @@ class JWKSKeySet(PyJWKClient):
         self.max_bytes = max_bytes
         self._last_good: PyJWKSet | None = None
         self._failed_at: float | None = None
+        self._state_lock = threading.Lock()
 
     @property
     def cooldown(self) -> float:
@@ -144,7 +146,7 @@ class JWKSKeySet(PyJWKClient):
 
         Raises JWKSError when no fetch has succeeded yet.
         """
-        with self._client_lock:
+        with self._state_lock:
             # PyJWKClient's cooldown starts only on a successful fetch, and an
             # expired set is refetched on every call: without this, a down auth
             # service would be asked once per request.
