@@ -1,5 +1,6 @@
 # make run   set everything up and start every process of the Procfile
 # make test  set up and run every app's tests with coverage (fails below 90 %)
+# make lint  ruff (lint and format) and mypy (every function annotated)
 # make audit check requirements.lock against the vulnerability databases (needs network)
 
 PYTHON ?= python3
@@ -36,14 +37,10 @@ preflight: $(STAMP)
 run: $(STAMP) preflight keys migrate
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start $(RUN_PROCESSES)
 
+# One pytest process over every app's tests; `pytest auth_app` (or any one) runs alone too.
 test: $(STAMP)
 	rm -f .coverage .coverage.*
-	@set -e; for app in $(APPS); do \
-		if [ -d $$app ]; then \
-			echo "== pytest $$app"; \
-			$(BIN)/python -m pytest $$app --cov --cov-append --cov-report= -q; \
-		fi; \
-	done
+	$(BIN)/python -m pytest $(APPS) --cov --cov-report= -q
 	$(BIN)/coverage report --fail-under=90
 
 # Slow and noisy, so not part of `make test` (tests/test_bench_smoke.py is).
@@ -62,6 +59,8 @@ audit: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .coverage .coverage.*

@@ -1,21 +1,17 @@
 """The auth service: accounts, RS256 access tokens, rotating refresh tokens.
 
 ``create_app()`` builds the Flask app (gunicorn serves ``'auth_app:create_app()'``);
-nothing is created at import time.
+nothing is created at import time. The web stack is imported by ``create_app``
+alone, so the workers can use the auth service's models and use cases without it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-
-from auth_app import cli, extensions
-from auth_app.config import AuthSettings, load_settings
-from auth_app.resources import register_resources
-from common.config import split_overrides, stop_on_config_error
-from common.web import create_api
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -23,6 +19,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     A configuration error ends the process with one line naming the variable.
     """
+    from flask import Flask
+
+    from auth_app import cli, extensions
+    from auth_app.config import AuthSettings, load_settings
+    from auth_app.resources import register_resources
+    from common.config import split_overrides, stop_on_config_error
+    from common.web import create_api
+
     with stop_on_config_error():
         overrides, flask_config = split_overrides(config, AuthSettings)
         settings = load_settings(overrides)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime, timedelta
+from typing import cast
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from auth_app.models import LoginSession, RefreshToken
@@ -63,9 +65,10 @@ def find(session: Session, token: str) -> tuple[RefreshToken, LoginSession] | No
     if not token or len(token) > MAX_REFRESH_TOKEN_LENGTH:
         return None
     row = session.get(RefreshToken, hash_token(token))
-    if row is None:
+    family = session.get(LoginSession, row.session_id) if row is not None else None
+    if row is None or family is None:
         return None
-    return row, session.get(LoginSession, row.session_id)
+    return row, family
 
 
 def rotate(session: Session, token: str, now: datetime, ttl: timedelta) -> tuple[LoginSession, str]:
@@ -93,7 +96,7 @@ def rotate(session: Session, token: str, now: datetime, ttl: timedelta) -> tuple
         .values(rotated_at=now)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if cast(CursorResult, result).rowcount != 1:
         revoke(session, family, now)
         raise RefreshTokenReused(family.user_id, family.id)
     return family, _issue(session, family.id, now, ttl)

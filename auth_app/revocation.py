@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -88,14 +88,15 @@ class RevocationStore:
         past the tokens issued right after the first (they carry its value).
         """
         cutoff = self.client.eval(
-            _RAISE_CUTOFF, 1, self._cutoff(user_id), math.floor(time.time()) + 1, self.ttl
+            _RAISE_CUTOFF, 1, self._cutoff(user_id), str(math.floor(time.time()) + 1), str(self.ttl)
         )
-        return int(cutoff)
+        return int(cast(int, cutoff))
 
     def issued_at_for(self, user_id: str, now: float | None = None) -> int:
         """The ``iat`` for a token issued now: never below the user's cut-off."""
         issued = math.floor(time.time() if now is None else now)
-        cutoff = self.client.get(self._cutoff(user_id))
+        # A synchronous client: the answer itself, never an awaitable.
+        cutoff = cast(bytes | None, self.client.get(self._cutoff(user_id)))
         return max(issued, int(cutoff)) if cutoff is not None else issued
 
     def is_revoked(self, claims: dict) -> bool:

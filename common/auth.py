@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any, cast
 
 from flask import Flask, current_app, g, request
 from flask_smorest import Blueprint, abort
@@ -26,6 +27,7 @@ class DependencyUnavailable(Exception):
 
 
 RevocationCheck = Callable[[dict], dict | None]
+View = Callable[..., Any]
 
 
 class BearerAuth:
@@ -90,12 +92,15 @@ def has_role(role: str) -> bool:
     return role in g.get("claims", {}).get("roles", [])
 
 
-def login_required(func=None, *, role: str | None = None):
-    """Require a valid access token (and ``role`` if given) before the view runs."""
+def login_required(func: View | None = None, *, role: str | None = None) -> Any:
+    """Require a valid access token (and ``role`` if given) before the view runs.
 
-    def decorator(view):
+    Use as ``@login_required`` or ``@login_required(role="admin")``.
+    """
+
+    def decorator(view: View) -> View:
         @functools.wraps(view)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             g.claims = bearer_auth().authenticate()
             if role is not None and not has_role(role):
                 abort(403, message=f"Requires the {role} role")
@@ -105,11 +110,14 @@ def login_required(func=None, *, role: str | None = None):
         # A genuine token of a disabled account is refused with 403 on every guarded view.
         forbidden = "Account disabled" + (f", or lacks the {role} role" if role else "")
         responses["403"] = {"description": forbidden}
-        return Blueprint.doc(security=[{"bearerAuth": []}], responses=responses)(wrapper)
+        documented: View = Blueprint.doc(security=[{"bearerAuth": []}], responses=responses)(
+            wrapper
+        )
+        return documented
 
     return decorator(func) if func is not None else decorator
 
 
 def bearer_auth() -> BearerAuth:
     """The current app's bearer guard."""
-    return current_app.extensions["bearer_auth"]
+    return cast(BearerAuth, current_app.extensions["bearer_auth"])

@@ -6,6 +6,7 @@ one line such as ``configuration error: BCRYPT_ROUNDS must be an integer``.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import functools
 import os
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar, overload
 from urllib.parse import quote
 
 T = TypeVar("T")
@@ -63,10 +64,10 @@ def exit_on_config_error(func: Callable[P, T]) -> Callable[P, T]:
 class Env:
     """Typed access to an environment mapping (``os.environ`` unless given)."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, environ: Mapping[builtins.str, builtins.str] | None = None) -> None:
         self.environ = os.environ if environ is None else environ
 
-    def raw(self, name: str) -> str | None:
+    def raw(self, name: builtins.str) -> builtins.str | None:
         """The value of ``name`` with surrounding blanks removed, or None when unset or empty."""
         value = self.environ.get(name)
         if value is None:
@@ -74,14 +75,25 @@ class Env:
         value = value.strip()
         return value or None
 
-    def str(self, name: str, default: str | None = None) -> str | None:
-        """A string variable."""
+    @overload
+    def str(self, name: builtins.str, default: builtins.str) -> builtins.str: ...
+
+    @overload
+    def str(self, name: builtins.str, default: None = None) -> builtins.str | None: ...
+
+    def str(self, name: builtins.str, default: builtins.str | None = None) -> builtins.str | None:
+        """A string variable (None when unset and no default is given)."""
         value = self.raw(name)
         return default if value is None else value
 
     def int(
-        self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
-    ) -> int:
+        self,
+        name: builtins.str,
+        default: builtins.int,
+        *,
+        minimum: builtins.int | None = None,
+        maximum: builtins.int | None = None,
+    ) -> builtins.int:
         """An integer variable, optionally bounded."""
         value = self.raw(name)
         if value is None:
@@ -96,7 +108,9 @@ class Env:
             raise ConfigError(f"{name} must be at most {maximum}, got {number}")
         return number
 
-    def float(self, name: str, default: float, *, minimum: float | None = None) -> float:
+    def float(
+        self, name: builtins.str, default: builtins.float, *, minimum: builtins.float | None = None
+    ) -> builtins.float:
         """A number variable, optionally bounded below."""
         value = self.raw(name)
         if value is None:
@@ -109,7 +123,7 @@ class Env:
             raise ConfigError(f"{name} must be at least {minimum}, got {number}")
         return number
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         """A boolean variable: 1/0, true/false, yes/no, on/off."""
         value = self.raw(name)
         if value is None:
@@ -121,7 +135,9 @@ class Env:
             return False
         raise ConfigError(f"{name} must be true or false, got {value!r}")
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(
+        self, name: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]
+    ) -> builtins.str:
         """A variable limited to a few values (compared case-insensitively)."""
         value = self.raw(name)
         if value is None:
@@ -131,7 +147,7 @@ class Env:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return lowered
 
-    def list(self, name: str) -> list[str]:
+    def list(self, name: builtins.str) -> builtins.list[builtins.str]:
         """A comma-separated list variable."""
         value = self.raw(name)
         if value is None:

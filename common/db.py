@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
@@ -49,14 +49,16 @@ class UTCDateTime(TypeDecorator):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Store ``value`` as UTC; a naive datetime is a bug, never a guess."""
         if value is not None:
             if value.tzinfo is None:
                 raise ValueError("naive datetime given to a UTC column")
             value = value.astimezone(UTC)
         return value
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """``value`` as an aware UTC datetime, whatever the database kept."""
         if value is not None:
             value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         return value
@@ -87,13 +89,13 @@ def make_engine(
     invalidating the pool.
     """
     if url.startswith("sqlite"):
-        kwargs: dict = {"connect_args": {"check_same_thread": False}}
+        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
         if url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url:
             kwargs["poolclass"] = StaticPool
         engine = create_engine(url, **kwargs)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             if "memory" not in url and url != "sqlite://":
@@ -120,7 +122,7 @@ def make_engine(
     return engine
 
 
-def _server_hung_up(dbapi_connection) -> bool:
+def _server_hung_up(dbapi_connection: Any) -> bool:
     """Whether an idle connection's socket has something to read: the server closed it.
 
     An idle PostgreSQL connection receives nothing unless the server is going
@@ -138,12 +140,12 @@ def _ping_suspect_connections(engine: Engine, idle_after: float) -> None:
     """Ping a pooled connection on checkout only when it may be dead (see make_engine)."""
 
     @event.listens_for(engine, "checkin")
-    def _note_checkin(dbapi_connection, record):
+    def _note_checkin(dbapi_connection: Any, record: Any) -> None:
         if dbapi_connection is not None:
             record.info["checked_in_at"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
-    def _check_alive(dbapi_connection, record, _proxy):
+    def _check_alive(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         checked_in_at = record.info.get("checked_in_at")
         if checked_in_at is None:  # just connected
             return

@@ -165,7 +165,7 @@ class EventType:
 
     def dump(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """``data`` as it goes into a message body; ValueError if its consumer would refuse it."""
-        body = self.schema.dump(data)
+        body: dict[str, Any] = self.schema.dump(data)
         errors = self.schema.validate(body)
         if errors:
             raise ValueError(f"invalid {self.name} data: {errors}")

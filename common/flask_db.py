@@ -11,11 +11,12 @@ import contextlib
 import functools
 import re
 from collections.abc import Iterator
+from typing import Any, cast
 
 from flask import Flask, current_app, g, has_request_context, request
 from flask_smorest import abort
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -42,13 +43,16 @@ def _begin_before_first_write(engine: Engine) -> None:
     """
 
     @event.listens_for(engine, "before_cursor_execute")
-    def _begin_transaction_before_write(conn, _cursor, statement, *_args):
+    def _begin_transaction_before_write(
+        conn: Connection, _cursor: Any, statement: str, *_args: Any
+    ) -> None:
         if conn.info.get(_READS_IN_AUTOCOMMIT) and not _only_reads(statement):
             del conn.info[_READS_IN_AUTOCOMMIT]
-            conn.connection.dbapi_connection.autocommit = False
+            dbapi_connection: Any = conn.connection.dbapi_connection
+            dbapi_connection.autocommit = False
 
     @event.listens_for(engine, "checkin")
-    def _end_autocommit(dbapi_connection, record):
+    def _end_autocommit(dbapi_connection: Any, record: Any) -> None:
         if record.info.pop(_READS_IN_AUTOCOMMIT, False) and dbapi_connection is not None:
             dbapi_connection.autocommit = False
 
@@ -56,7 +60,8 @@ def _begin_before_first_write(engine: Engine) -> None:
 def _read_in_autocommit(session: Session) -> None:
     """Run the session's reads in autocommit (see :class:`Database`)."""
     connection = session.connection()
-    connection.connection.dbapi_connection.autocommit = True
+    dbapi_connection: Any = connection.connection.dbapi_connection
+    dbapi_connection.autocommit = True
     connection.info[_READS_IN_AUTOCOMMIT] = True
 
 
@@ -119,7 +124,7 @@ def get_session() -> Session:
         g.db_session = database.sessionmaker()
         if database.autocommit_reads and has_request_context() and request.method in READ_METHODS:
             _read_in_autocommit(g.db_session)
-    return g.db_session
+    return cast(Session, g.db_session)
 
 
 @contextlib.contextmanager

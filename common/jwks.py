@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt import PyJWKClient, PyJWKClientError, PyJWKSet, PyJWTError
@@ -137,9 +137,11 @@ class JWKSKeySet(PyJWKClient):
     def get(self, kid: str) -> rsa.RSAPublicKey | None:
         """The key for ``kid``, fetching the key set again if it is unknown or stale."""
         try:
-            return self.get_signing_key(kid).key
+            key = self.get_signing_key(kid).key
         except PyJWTError:
             return None
+        # fetch_data only ever hands PyJWKClient RSA keys.
+        return cast(rsa.RSAPublicKey, key)
 
     def get_jwk_set(self, refresh: bool = False) -> PyJWKSet:
         """The cached key set, refetched when stale or ``refresh``; the last good one if that fails.

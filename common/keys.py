@@ -208,7 +208,7 @@ class KeyRing:
         return files
 
     def _stamp(self) -> tuple:
-        stamp = []
+        stamp: list[tuple[str, int | None, int | None]] = []
         for path in self._files():
             try:
                 st = path.stat()

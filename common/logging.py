@@ -11,9 +11,13 @@ import contextvars
 import logging
 import re
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
+
+from common.config import LOG_LEVELS, Env
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -59,10 +63,11 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class _RedactExceptions:
+class _RedactExceptions(logging.Formatter):
     """Mask secrets in tracebacks too: an exception message may quote a token."""
 
-    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        """The traceback, masked."""
         return redact(super().formatException(ei))
 
 
@@ -108,9 +113,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
 
 
 @contextmanager
-def log_context(request_id: str | None = None, message_id: str | None = None):
+def log_context(request_id: str | None = None, message_id: str | None = None) -> Iterator[None]:
     """Bind ids for the log lines written inside the block (used by workers)."""
-    tokens = []
+    tokens: list[tuple[contextvars.ContextVar[str | None], contextvars.Token[str | None]]] = []
     if request_id is not None:
         tokens.append((request_id_var, request_id_var.set(request_id)))
     if message_id is not None:
@@ -122,9 +127,9 @@ def log_context(request_id: str | None = None, message_id: str | None = None):
             var.reset(token)
 
 
-def configure_logging_from_env(env) -> None:
+def configure_logging_from_env(env: Env) -> None:
     """Configure logging from ``LOG_LEVEL`` and ``LOG_FORMAT`` (worker processes)."""
     configure_logging(
-        env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")),
+        env.choice("LOG_LEVEL", "info", LOG_LEVELS),
         env.choice("LOG_FORMAT", "json", ("json", "text")),
     )

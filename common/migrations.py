@@ -7,20 +7,23 @@ hands a connection in ``config.attributes['connection']`` or a URL with
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from alembic import context, op
 from sqlalchemy import Column, MetaData, String, text
 
 from common.db import make_engine
 
 
-def _run(metadata: MetaData, **target) -> None:
+def _run(metadata: MetaData, **target: Any) -> None:
     # Batch mode lets SQLite ALTER tables; it is harmless on PostgreSQL.
     context.configure(target_metadata=metadata, render_as_batch=True, compare_type=True, **target)
     with context.begin_transaction():
         context.run_migrations()
 
 
-def run_migrations(metadata: MetaData, default_url) -> None:
+def run_migrations(metadata: MetaData, default_url: Callable[[], str]) -> None:
     """Run offline or online migrations for one service's metadata.
 
     ``default_url`` is a callable so that configuration is read only when no

@@ -25,6 +25,11 @@ from common.logging import request_id_var
 # Session.info key: the transaction and the channels it has notified already.
 _NOTIFIED = "outbox_notified"
 
+#: An app's outbox model: a mapped class with :class:`OutboxMixin`'s columns.
+OutboxModel = type[Any]
+#: An app's processed-messages model: a mapped class with :class:`ProcessedMessageMixin`'s.
+ProcessedMessageModel = type[Any]
+
 
 class OutboxMixin:
     """Columns of an app's outbox table: one row per event, published in ``seq`` order."""
@@ -57,7 +62,7 @@ def notify_channel(table_name: str) -> str:
 
 def emit(
     session: Session,
-    outbox_model: type[OutboxMixin],
+    outbox_model: OutboxModel,
     event_type: EventType,
     data: Mapping[str, Any],
     correlation_id: str | None = None,
@@ -83,7 +88,7 @@ def emit(
         )
     )
     if session.get_bind().dialect.name == "postgresql":
-        _notify_once(session, notify_channel(outbox_model.__tablename__))  # type: ignore[attr-defined]
+        _notify_once(session, notify_channel(outbox_model.__tablename__))
     return envelope
 
 
@@ -92,7 +97,7 @@ def _notify_once(session: Session, channel: str) -> None:
     # repeats anyway), and it goes straight to the connection: through
     # session.execute it would flush the rows pending so far, once per event.
     transaction = session.get_nested_transaction() or session.get_transaction()
-    notified = session.info.get(_NOTIFIED)
+    notified: tuple[object, set[str]] | None = session.info.get(_NOTIFIED)
     if notified is None or notified[0] is not transaction:
         notified = session.info[_NOTIFIED] = (transaction, set())
     if channel not in notified[1]:

@@ -16,6 +16,7 @@ import time
 from typing import Protocol
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 ALGORITHM = "RS256"
 ACCESS_TOKEN_TYPE = "at+jwt"
@@ -34,7 +35,7 @@ class InvalidToken(Exception):
 class KeySet(Protocol):
     """Anything that returns the public key for a kid (a KeyRing, a JWKS cache)."""
 
-    def get(self, kid: str):  # pragma: no cover - protocol
+    def get(self, kid: str) -> rsa.RSAPublicKey | None:  # pragma: no cover - protocol
         """The key for ``kid``, or None."""
 
 

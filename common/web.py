@@ -12,10 +12,11 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import swagger_ui_bundle
 from apispec import BasePlugin
-from flask import Flask, g, request, send_from_directory
+from flask import Flask, Response, g, request, send_from_directory
 from flask.views import MethodView
 from flask_cors import CORS
 from flask_smorest import Api, Blueprint, pagination
@@ -42,11 +43,13 @@ class ErrorResponsesPlugin(BasePlugin):
     (not JSON) and 413 (over the size limit).
     """
 
-    def operation_helper(self, path=None, operations=None, **kwargs):
+    def operation_helper(
+        self, path: str | None = None, operations: dict | None = None, **kwargs: Any
+    ) -> None:
         """Add the shared error responses to each operation of ``path``."""
         for operation in (operations or {}).values():
             responses = operation.setdefault("responses", {})
-            if path.startswith("/api/"):
+            if path is not None and path.startswith("/api/"):
                 responses.setdefault("503", "SERVICE_UNAVAILABLE")
             if "requestBody" in operation:
                 responses.setdefault("400", "BAD_REQUEST")
@@ -59,7 +62,7 @@ class ServiceApi(Api):
     # Each operation documents its own error statuses (see ErrorResponsesPlugin).
     DEFAULT_ERROR_RESPONSE_NAME = None
 
-    def _register_pagination_header(self):
+    def _register_pagination_header(self) -> None:
         # X-Pagination carries JSON text: OpenAPI 3 says so with ``content``,
         # where flask-smorest's ``schema`` would describe a structured value.
         self.spec.components.header(
@@ -71,7 +74,7 @@ class ServiceApi(Api):
             lazy=True,
         )
 
-    def handle_http_exception(self, error: HTTPException):
+    def handle_http_exception(self, error: HTTPException) -> Any:
         """Answer any HTTP error in flask-smorest's shape with a human-readable message."""
         payload, code, headers = super().handle_http_exception(error)
         if "message" not in payload:
@@ -81,13 +84,13 @@ class ServiceApi(Api):
                 payload["message"] = error.description or error.name
         return payload, code, headers
 
-    def map_errors(self, app: Flask, mapping: dict[type[BaseException], tuple[int, str]]) -> None:
+    def map_errors(self, app: Flask, mapping: dict[type[Exception], tuple[int, str]]) -> None:
         """Answer dependency failures (database, Redis down) with a status and a clear message."""
         for exc_type, (code, message) in mapping.items():
 
-            def _handler(error, code=code, message=message):
+            def _handler(error: Exception, code: int = code, message: str = message) -> Any:
                 log.warning("%s (%s)", message, type(error).__name__)
-                http_error = default_exceptions[code]()
+                http_error: Any = default_exceptions[code]()
                 http_error.data = {"message": message}
                 return self.handle_http_exception(http_error)
 
@@ -117,7 +120,7 @@ def _install_request_ids(app: Flask) -> None:
     # (werkzeug's Headers.setdefault raises and catches an HTTPException for
     # every header that is missing, which is the usual case here).
     @app.before_request
-    def _bind_request_id():
+    def _bind_request_id() -> None:
         request_id = accept_request_id(request.environ.get(_REQUEST_ID_ENVIRON_KEY))
         context = g._get_current_object()
         context.request_id = request_id
@@ -125,7 +128,7 @@ def _install_request_ids(app: Flask) -> None:
         context.request_started = time.perf_counter()
 
     @app.after_request
-    def _stamp_response(response):
+    def _stamp_response(response: Response) -> Response:
         context = g._get_current_object()
         headers = response.headers
         headers.set(REQUEST_ID_HEADER, getattr(context, "request_id", None) or new_request_id())
@@ -152,7 +155,7 @@ def _install_request_ids(app: Flask) -> None:
         return response
 
     @app.teardown_request
-    def _unbind_request_id(_exc):
+    def _unbind_request_id(_exc: BaseException | None) -> None:
         token = g.pop("request_id_token", None)
         if token is not None:
             request_id_var.reset(token)
@@ -161,7 +164,7 @@ def _install_request_ids(app: Flask) -> None:
 def _install_swagger_assets(app: Flask) -> None:
     folder = swagger_ui_bundle.swagger_ui_path
 
-    def swagger_asset(filename: str):
+    def swagger_asset(filename: str) -> Response:
         return send_from_directory(folder, filename, max_age=86400)
 
     app.add_url_rule(SWAGGER_ASSETS + "<path:filename>", "swagger_asset", swagger_asset)
@@ -235,7 +238,7 @@ def health_blueprint(checks: dict[str, Callable[[], object]]) -> Blueprint:
     @blp.route("")
     class Liveness(MethodView):
         @blp.response(200, HealthSchema)
-        def get(self):
+        def get(self) -> dict[str, str]:
             """The process is up. Touches no dependency."""
             return {"status": "ok"}
 
@@ -243,7 +246,7 @@ def health_blueprint(checks: dict[str, Callable[[], object]]) -> Blueprint:
     class Readiness(MethodView):
         @blp.response(200, ReadinessSchema)
         @blp.alt_response(503, schema=ReadinessSchema, description="A dependency is unavailable")
-        def get(self):
+        def get(self) -> tuple[dict[str, Any], int]:
             """Every dependency of this service answers."""
             results = {}
             for name, check in checks.items():

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
@@ -72,7 +73,7 @@ def declare_queue(channel: BlockingChannel, queue: str, settings: BrokerSettings
     dead = dead_letter_queue(queue)
     channel.queue_declare(dead, durable=True, arguments=dict(base))
     channel.queue_bind(dead, DEAD_LETTER_EXCHANGE, routing_key=queue)
-    arguments = dict(
+    arguments: dict[str, Any] = dict(
         base,
         **{"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE, "x-dead-letter-routing-key": queue},
     )
@@ -93,7 +94,7 @@ class Stopper:
     waiting for a NOTIFY) wakes at once.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.event = threading.Event()
         self.wake_fd, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
@@ -103,7 +104,7 @@ class Stopper:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
 
-    def _on_signal(self, signum, _frame) -> None:
+    def _on_signal(self, signum: int, _frame: Any) -> None:
         log.info("signal %s received: finishing the message in hand, then stopping", signum)
         self.stop()
 
@@ -147,7 +148,7 @@ def run_forever(
         delay = min(cap, delay * 2)
 
 
-def pause(connection, seconds: float, stopper: Stopper) -> None:
+def pause(connection: pika.BlockingConnection, seconds: float, stopper: Stopper) -> None:
     """Wait while keeping the connection's heartbeats going; wake early on stop."""
     deadline = time.monotonic() + seconds
     while not stopper.stopping:
@@ -157,7 +158,7 @@ def pause(connection, seconds: float, stopper: Stopper) -> None:
         connection.sleep(min(left, 0.25))
 
 
-def close_quietly(connection) -> None:
+def close_quietly(connection: Any) -> None:
     """Close a connection that may already be broken."""
     try:
         if connection.is_open:

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.events import Envelope, EventType, InvalidMessage, consumed_from, parse_envelope
 from common.logging import log_context
+from common.outbox import ProcessedMessageModel
 from workers.broker import Stopper, close_quietly, connect, declare_queue, pause, run_forever
 from workers.settings import BrokerSettings
 
@@ -70,7 +71,7 @@ class Consumer:
     queue: str
     handlers: Mapping[EventType, Handler]
     session_factory: sessionmaker[Session]
-    processed_model: type
+    processed_model: ProcessedMessageModel
     settings: BrokerSettings
     stopper: Stopper = field(default_factory=Stopper)
 
@@ -165,7 +166,9 @@ class Consumer:
         for delivery, outcome in zip(deliveries, outcomes, strict=True):
             self._log_outcome(delivery.envelope, outcome)
 
-    def _accept(self, channel: BlockingChannel, method: Any, properties: Any, body: bytes):
+    def _accept(
+        self, channel: BlockingChannel, method: Any, properties: Any, body: bytes
+    ) -> Delivery | None:
         try:
             return Delivery(method.delivery_tag, properties, self.accept(body))
         except InvalidMessage as error:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -63,7 +64,7 @@ class ConfirmingPublisher:
         self.timeout = timeout
         self._error: BaseException | None = None
         self._closing = False
-        self._channel = None
+        self._channel: Any = None
         self._ready = False
         self._wake = False
         self._unconfirmed: dict[int, int] = {}  # delivery tag -> index in the batch
@@ -80,14 +81,21 @@ class ConfirmingPublisher:
         self._run(lambda: self._ready, timeout)
 
     # -- the I/O loop --------------------------------------------------------
-    def _run(self, done: Callable[[], bool], timeout: float | None, fds: Iterable[int] = ()):
+    def _run(
+        self, done: Callable[[], bool], timeout: float | None, fds: Iterable[int] = ()
+    ) -> bool:
         """Run the loop until ``done()``, an error, ``timeout`` seconds, or a readable fd."""
         loop = self.connection.ioloop
         self._wake = False
-        timed_out = []
+        timed_out: list[bool] = []
         timer = None
+
+        def time_out() -> None:
+            timed_out.append(True)
+            loop.stop()
+
         if timeout is not None:
-            timer = loop.call_later(timeout, lambda: (timed_out.append(True), loop.stop()))
+            timer = loop.call_later(timeout, time_out)
         watched = list(fds)
         for fd in watched:
             loop.add_handler(fd, self._on_fd_ready, loop.READ)
@@ -103,7 +111,7 @@ class ConfirmingPublisher:
             raise self._error
         return not timed_out
 
-    def _on_fd_ready(self, _fd, _events) -> None:
+    def _on_fd_ready(self, _fd: int, _events: int) -> None:
         self._wake = True
         self.connection.ioloop.stop()
 
@@ -111,46 +119,46 @@ class ConfirmingPublisher:
         self.connection.ioloop.stop()
 
     # -- connection and channel callbacks -------------------------------------
-    def _on_open(self, connection) -> None:
+    def _on_open(self, connection: pika.SelectConnection) -> None:
         connection.channel(on_open_callback=self._on_channel_open)
 
-    def _fail(self, reason, kind: type[BaseException]) -> None:
+    def _fail(self, reason: object, kind: type[BaseException]) -> None:
         # The first failure is the one raised; a close this publisher asked for is none.
         if not self._closing and self._error is None:
             self._error = reason if isinstance(reason, BaseException) else kind(str(reason))
         self._stop_loop()
 
-    def _on_open_error(self, _connection, error) -> None:
+    def _on_open_error(self, _connection: Any, error: object) -> None:
         self._fail(error, pika.exceptions.AMQPConnectionError)
 
-    def _on_closed(self, _connection, reason) -> None:
+    def _on_closed(self, _connection: Any, reason: object) -> None:
         self._fail(reason, pika.exceptions.AMQPConnectionError)
 
-    def _on_channel_open(self, channel) -> None:
+    def _on_channel_open(self, channel: Any) -> None:
         self._channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=self._on_confirming)
 
-    def _on_confirming(self, _frame) -> None:
+    def _on_confirming(self, _frame: Any) -> None:
         self._ready = True
         self._stop_loop()
 
-    def _on_channel_closed(self, _channel, reason) -> None:
+    def _on_channel_closed(self, _channel: Any, reason: object) -> None:
         self._fail(reason, pika.exceptions.AMQPChannelError)
         # The channel is gone; so is this publisher.
         if self.connection.is_open:
             self._closing = True
             self.connection.close()
 
-    def _on_return(self, _channel, method, properties, _body) -> None:
+    def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
         # The broker returns an unroutable mandatory message before it acks it.
-        index = self._by_message_id.get(getattr(properties, "message_id", None))
+        index = self._by_message_id.get(getattr(properties, "message_id", None) or "")
         if index is not None:
             self._returned.add(index)
         log.debug("message returned: %s", method.reply_text)
 
-    def _on_confirm(self, frame) -> None:
+    def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         accepted = isinstance(method, pika.spec.Basic.Ack)
         if method.multiple:

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import pika
 from sqlalchemy import select as sql_select
@@ -27,11 +28,14 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine, Row
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import PoolProxiedConnection
 
+from auth_app.models import OutboxEvent as AuthOutbox
 from common.config import Env, database_url, exit_on_config_error
 from common.db import make_engine, utcnow
 from common.logging import configure_logging_from_env
-from common.outbox import notify_channel
+from common.outbox import OutboxModel, notify_channel
+from user_app.models import OutboxEvent as UserOutbox
 from workers.broker import (
     CONNECTION_ERRORS,
     Stopper,
@@ -53,7 +57,7 @@ class Relay:
     """Drain one outbox table to RabbitMQ."""
 
     name: str
-    outbox_model: type
+    outbox_model: OutboxModel
     engine: Engine
     settings: BrokerSettings
     batch_size: int = 200
@@ -61,9 +65,9 @@ class Relay:
     listen_timeout: float = 5.0
     stopper: Stopper = field(default_factory=Stopper)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.postgres = self.engine.dialect.name == "postgresql"
-        self._listener = None
+        self._listener: PoolProxiedConnection | None = None
 
     # -- publishing ----------------------------------------------------------
     def publish_batch(self, publisher: ConfirmingPublisher) -> tuple[int, bool]:
@@ -119,7 +123,7 @@ class Relay:
             raise answer.error
         return len(published), bool(refused)
 
-    def _count_attempt(self, session: Session, seqs: list[int], **values) -> None:
+    def _count_attempt(self, session: Session, seqs: list[int], **values: Any) -> None:
         if seqs:
             model = self.outbox_model
             session.execute(
@@ -130,12 +134,12 @@ class Relay:
             )
 
     # -- waiting -------------------------------------------------------------
-    def _listen(self):
+    def _listen(self) -> Any:
         if not self.postgres:
             return None
         if self._listener is None:
             raw = self.engine.raw_connection()
-            connection = raw.driver_connection
+            connection: Any = raw.driver_connection
             connection.autocommit = True
             with connection.cursor() as cursor:
                 cursor.execute(f"LISTEN {notify_channel(self.outbox_model.__tablename__)}")
@@ -227,27 +231,22 @@ def _properties(row: Row) -> pika.BasicProperties:
     )
 
 
-def outbox_model(app: str) -> type:
-    """The outbox model of ``app`` (``auth`` or ``user``)."""
-    if app == "auth":
-        from auth_app.models import OutboxEvent
-    else:
-        from user_app.models import OutboxEvent
-    return OutboxEvent
+#: Each service's outbox, by the name ``python -m workers.relay`` takes.
+OUTBOXES: dict[str, OutboxModel] = {"auth": AuthOutbox, "user": UserOutbox}
 
 
 @exit_on_config_error
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``python -m workers.relay auth|user``."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] not in ("auth", "user"):
+    if len(argv) != 1 or argv[0] not in OUTBOXES:
         print("usage: python -m workers.relay auth|user", file=sys.stderr)
         return 2
     app = argv[0]
     env = Env()
     configure_logging_from_env(env)
     engine = make_engine(database_url(env, app.upper(), app), pool_size=2, max_overflow=0)
-    relay = Relay(f"{app}_relay", outbox_model(app), engine, BrokerSettings.from_env(env))
+    relay = Relay(f"{app}_relay", OUTBOXES[app], engine, BrokerSettings.from_env(env))
     return relay.run()
 
 

@@ -29,7 +29,7 @@ def _own_profile() -> Profile:
     # The token check has just read the caller's profile; only a user whose
     # sync has not arrived yet needs it created here. A read then has nothing
     # to commit: only the creation does.
-    profile = g.get("account_profile")
+    profile: Profile | None = g.get("account_profile")
     if profile is not None:
         return profile
     session = get_session()

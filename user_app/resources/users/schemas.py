@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from marshmallow import (
     EXCLUDE,
     RAISE,
@@ -59,7 +62,7 @@ class AdminProfileUpdateSchema(ProfileUpdateSchema):
     )
 
     @post_load
-    def _deduplicate_roles(self, data, **kwargs):
+    def _deduplicate_roles(self, data: dict, **kwargs: Any) -> dict:
         if "roles" in data:
             data["roles"] = list(dict.fromkeys(data["roles"]))
         return data
@@ -83,7 +86,7 @@ class UserQuerySchema(Schema):
     is_active = fields.Boolean()
 
     @validates_schema(pass_original=True)
-    def _no_unknown_parameters(self, data, original, **kwargs):
+    def _no_unknown_parameters(self, data: dict, original: Mapping, **kwargs: Any) -> None:
         # A misspelt filter (``?is_activ=false``) must not silently list everyone.
         unknown = sorted(set(original) - set(self.fields) - PAGINATION_PARAMETERS)
         if unknown:

@@ -1,0 +1,6 @@
+# flask-smorest ships no type information. This stub gives the one fact the
+# type checker needs (abort never returns) and leaves everything else Any.
+from typing import Any, NoReturn
+
+def abort(http_status_code: int, exc: Exception | None = ..., **kwargs: Any) -> NoReturn: ...
+def __getattr__(name: str) -> Any: ...
