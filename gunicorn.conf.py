@@ -46,6 +46,11 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 proc_name = "authsvc"
 gunicorn.http.wsgi.SERVER = "authsvc"
 
+# gunicorn 25.1+ opens a control socket (for gunicornc) at one path per user
+# by default, so the auth and user services on one host would take it from
+# each other; nothing here uses it, and it can resize or stop the server.
+control_socket_disable = True
+
 
 def on_starting(server):
     """Build the app once in the master, before any worker forks, then drop it.

@@ -1,56 +1,60 @@
-"""A gthread worker that slow clients cannot starve: ``common.gunicorn_worker.DeadlineWorker``.
+"""gthread with a deadline on request heads and bodies: ``common.gunicorn_worker.DeadlineWorker``.
 
-Why: gunicorn 23's ``gthread`` worker waits in its event loop only for a
-connection's *first* byte. It then hands the connection to a pool thread,
-which reads the rest of the request head with a blocking socket and no
-timeout (``TConn.init`` calls ``setblocking(True)``), and the arbiter's
-``timeout`` does not help because the main loop keeps sending heartbeats.
-A client that sends a request line one byte at a time (slowloris) therefore
-holds a thread for as long as it likes, and ``workers x threads`` such
-clients stop the service answering anyone. A connection that sends nothing
-at all is never closed either.
+Why stock ``gthread`` (gunicorn 27) is not enough. ``accept()`` hands every
+new connection to a pool thread at once (``enqueue_req``). The thread waits
+up to ``DEFAULT_WORKER_DATA_TIMEOUT`` (5 s, a constant, not a setting) for
+a first byte, and only then gives a silent connection back to the event loop
+(``_DEFER``), where it is closed after ``keepalive`` seconds. Once a byte has
+come, ``handle()`` calls ``conn.sock.setblocking(True)`` and reads the
+request head and body with no timeout at all; no setting bounds those reads
+(``timeout`` watches the worker's heartbeat, which the event loop keeps
+sending). So a client that sends its head a byte at a time holds a thread for
+as long as it likes, ``threads`` such clients stop the worker answering
+anyone, a stalled body is never answered, and every silent connection still
+holds a thread for 5 seconds. ``tests/test_slow_clients.py`` fails on stock
+gthread for exactly these three (slowloris, silent connection, stalled body).
 
-What this worker changes, keeping the rest of gthread (keepalive, the
-thread pool, graceful shutdown) as it is:
+What this worker changes, keeping the rest of gthread as it is:
 
-- The request head is read in the event loop, without a thread: a readable
-  connection's bytes are buffered until the blank line that ends the head,
-  or until the buffer is larger than gunicorn's own header limits allow
-  (then gunicorn's parser answers 400/431 at once). Only then does a pool
-  thread take it, with the buffered bytes handed to gunicorn's parser.
+- ``enqueue_req`` no longer gives a connection to a thread at once. The
+  event loop reads its request head without blocking, and hands it to a
+  thread only once the blank line that ends the head has arrived (or once
+  the head is larger than gunicorn's limits allow, so that gunicorn's parser
+  answers 400/431 at once).
 - A connection must deliver its whole head within ``WEB_READ_TIMEOUT``
-  seconds (default 10) of being accepted or of its first byte after a
+  seconds (default 10) of being accepted, or of its first byte after a
   keepalive pause. Otherwise it is answered ``408`` (if it had started) and
-  closed. A silent connection is closed after the same time.
-- In the pool thread, reading the body has the same overall deadline, and
-  every ``recv`` waits at most for what is left of it. Past it the body
-  reads as ended, so the app answers 400 (the client went away) rather than
-  waiting, and the connection is closed after that answer; writing a
+  closed; a silent connection is closed after the same time.
+- In the thread the parser reads through ``DeadlineReader``: the body gets
+  the same deadline over all its reads. Past it the body reads as ended, so
+  the app answers 400 and the connection is not kept alive. Writing a
   response may take up to gunicorn's ``timeout``.
 
-Alternatives considered: gevent/eventlet workers (a different concurrency
-model for code written for threads, and monkey-patching of psycopg2,
-redis-py and pika); only a per-``recv`` socket timeout (a client sending
-one byte just before each timeout still holds a thread, and the queued
-connections behind it wait); more threads (raises the number of sockets an
-attacker needs, does not bound it). In production a buffering reverse proxy
-(nginx, a cloud load balancer) in front still does this job best; this
-worker keeps gunicorn safe when something reaches it directly.
+gunicorn documents no hook between accepting a connection and the thread
+that parses it, so this subclass relies on these parts of
+``gunicorn.workers.gthread`` (as of 27.0): ``ThreadWorker.enqueue_req``,
+``murder_pending``, ``handle_request``, ``poller``, ``nr_conns``, and on a
+``TConn``'s ``sock``, ``client``, ``parser`` (a parser set before
+``TConn.init()`` is kept) and ``data_ready`` (skips the in-thread wait).
+``tests/test_slow_clients.py`` runs it against the real gunicorn, so a
+gunicorn release that changes them fails there.
 
-Plain HTTP only: TLS is terminated by that proxy. With ``certfile`` set the
-worker refuses to start, because it reads raw bytes before any TLS wrap.
+In production a buffering reverse proxy (nginx, a cloud load balancer) in
+front still does this job best; this worker keeps gunicorn safe when
+something reaches it directly. Plain HTTP/1.1 only: it reads raw bytes
+before any TLS wrap or HTTP/2 preface, so with ``certfile`` or
+``http2_cleartext`` set it refuses to start.
 """
 
 from __future__ import annotations
 
-import errno
 import selectors
 import socket
 import time
 from functools import partial
 
 from gunicorn import http
-from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.workers.gthread import ThreadWorker
 
 from common.config import ConfigError, Env, fail
 
@@ -75,20 +79,30 @@ def head_limit(cfg) -> int:
 
 
 class DeadlineReader:
-    """The socket as gunicorn's parser reads it: each ``recv`` bounded by one deadline.
+    """The socket as gunicorn's parser reads it: a buffered head first, then reads under a deadline.
 
     Past the deadline it reads as end of stream, which gunicorn and
     Werkzeug already treat as a client that went away: no thread waits on.
     """
 
-    def __init__(self, sock: socket.socket, write_timeout: float):
+    def __init__(self, sock: socket.socket, write_timeout: float | None):
         self.sock = sock
         self.write_timeout = write_timeout
+        self.head = b""
         self.deadline = 0.0
+        self.expired = False
+
+    def start(self, head: bytes, seconds: float) -> None:
+        """A new request: ``head`` is read first, then the socket until ``seconds`` from now."""
+        self.head = head
+        self.deadline = time.monotonic() + seconds
         self.expired = False
 
     def recv(self, size: int) -> bytes:
         """Up to ``size`` bytes, or ``b""`` once the deadline has passed."""
+        if self.head:
+            data, self.head = self.head[:size], self.head[size:]
+            return data
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             self.expired = True
@@ -104,39 +118,18 @@ class DeadlineReader:
             self.sock.settimeout(self.write_timeout)
 
 
-class HeadConn(TConn):
-    """A connection whose request head is read by the event loop before a thread sees it."""
-
-    def __init__(self, cfg, sock, client, server):
-        super().__init__(cfg, sock, client, server)
-        self.head = bytearray()
-        self.reader: DeadlineReader | None = None
-
-    def init(self, body_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
-        """Hand the buffered head to gunicorn's parser; later reads get ``body_timeout``."""
-        self.initialized = True
-        self.sock.settimeout(self.cfg.timeout)
-        if self.parser is None:
-            self.reader = DeadlineReader(self.sock, self.cfg.timeout)
-            self.parser = http.RequestParser(self.cfg, self.reader, self.client)
-        self.reader.deadline = time.monotonic() + body_timeout
-        self.reader.expired = False
-        self.parser.unreader.unread(bytes(self.head))
-        self.head.clear()
-
-
 class DeadlineWorker(ThreadWorker):
     """gunicorn's gthread worker, with request heads read in the event loop under a deadline."""
 
     @classmethod
     def check_config(cls, cfg, log):
-        """Stop the master with one line if ``WEB_READ_TIMEOUT`` is bad or TLS is asked for."""
+        """Stop the master with one line if ``WEB_READ_TIMEOUT`` is bad or TLS/h2c is asked for."""
         super().check_config(cfg, log)
         try:
             read_timeout()
-            if cfg.is_ssl:
+            if cfg.is_ssl or cfg.http2_cleartext != "off":
                 raise ConfigError(
-                    "certfile/keyfile: DeadlineWorker serves plain HTTP; "
+                    "certfile/keyfile/http2_cleartext: DeadlineWorker serves plain HTTP/1.1; "
                     "terminate TLS at the reverse proxy"
                 )
         except ConfigError as error:
@@ -146,72 +139,62 @@ class DeadlineWorker(ThreadWorker):
         """Read the deadline, then start gthread's pool and loop."""
         self.read_timeout = read_timeout()
         self.head_limit = head_limit(self.cfg)
-        # Connections whose head is still arriving (a dict keeps insertion order).
-        self._reading: dict[HeadConn, None] = {}
+        # Connections whose head is still arriving: conn -> (bytes so far, deadline).
+        self._heads: dict = {}
         super().init_process()
 
-    def accept(self, server, listener):
-        """Accept a connection; it has ``read_timeout`` seconds to send its request head."""
-        try:
-            sock, client = listener.accept()
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                raise
+    def enqueue_req(self, conn):
+        """Read the connection's next request head in the event loop before a thread takes it."""
+        if conn.parser is not None and conn.parser.unreader.buf.getvalue():
+            # Pipelined: the next request is already read (gthread's own test).
+            self._hand_over(conn, b"")
             return
-        conn = HeadConn(self.cfg, sock, client, server)
-        self.nr_conns += 1
-        with self._lock:
-            self._start_reading(conn)
-            self.poller.register(
-                conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
-            )
+        conn.sock.setblocking(False)
+        self._heads[conn] = (bytearray(), time.monotonic() + self.read_timeout)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_head_bytes, conn))
 
-    def _start_reading(self, conn: HeadConn) -> None:
-        conn.timeout = time.time() + self.read_timeout
-        self._reading[conn] = None
-
-    def on_client_socket_readable(self, conn, client):
+    def _on_head_bytes(self, conn, sock):
         """Buffer what arrived; once the head is complete (or too big) give it to a thread."""
-        with self._lock:
-            if conn not in self._reading:
-                # A kept-alive connection speaks again: its next head has a deadline too.
-                try:
-                    self._keep.remove(conn)
-                except ValueError:
-                    return  # closed by the keepalive sweep meanwhile
-                self._start_reading(conn)
-            outcome = self._read_available(conn)
-            if outcome == "waiting":
-                return
-            self.poller.unregister(client)
-            del self._reading[conn]
-        if outcome == "gone":
-            self.nr_conns -= 1
-            conn.close()
-            return
-        self.enqueue_req(conn)
-
-    def _read_available(self, conn: HeadConn) -> str:
-        """Read without blocking: ``ready``, ``waiting`` for more, or ``gone``."""
+        head = self._heads[conn][0]
         while True:
             try:
-                data = conn.sock.recv(RECV_SIZE)
+                data = sock.recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
-                return "waiting"
+                return  # waiting for more
             except OSError:
-                return "gone"
+                data = b""
             if not data:
-                return "gone"
-            start = max(0, len(conn.head) - len(HEAD_END) + 1)
-            conn.head += data
-            if HEAD_END in conn.head[start:] or len(conn.head) > self.head_limit:
-                return "ready"
+                self._drop(conn)
+                return
+            start = max(0, len(head) - len(HEAD_END) + 1)
+            head += data
+            if HEAD_END in head[start:] or len(head) > self.head_limit:
+                break
+        self.poller.unregister(sock)
+        del self._heads[conn]
+        self._hand_over(conn, bytes(head))
 
-    def enqueue_req(self, conn):
-        """Give a connection whose head is in memory to a pool thread."""
-        conn.init(self.read_timeout)
-        future = self.tpool.submit(self.handle, conn)
-        self._wrap_future(future, conn)
+    def _hand_over(self, conn, head: bytes):
+        """Give a connection whose head is in memory to a pool thread, its body under a deadline."""
+        if conn.parser is None:
+            # timeout 0 means none in gunicorn, but non-blocking to a socket.
+            write_timeout = self.cfg.timeout or None
+            conn.deadline_reader = DeadlineReader(conn.sock, write_timeout)
+            conn.parser = http.get_parser(self.cfg, conn.deadline_reader, conn.client)
+        conn.deadline_reader.start(head, self.read_timeout)
+        conn.data_ready = True
+        super().enqueue_req(conn)
+
+    def _drop(self, conn, answer: bytes = b""):
+        self.poller.unregister(conn.sock)
+        del self._heads[conn]
+        self.nr_conns -= 1
+        if answer:
+            try:
+                conn.sock.send(answer)
+            except OSError:
+                pass  # it is being closed anyway
+        conn.close()
 
     def handle_request(self, req, conn):
         """Serve one request; a connection whose body ran out of time is not kept alive.
@@ -219,23 +202,14 @@ class DeadlineWorker(ThreadWorker):
         The rest of that body may still arrive, and would be read as the next request.
         """
         keepalive = super().handle_request(req, conn)
-        return keepalive and not conn.reader.expired
+        return keepalive and not conn.deadline_reader.expired
 
-    def murder_keepalived(self):
-        """Close idle keepalive connections (gthread's sweep) and heads past their deadline."""
-        super().murder_keepalived()
-        now = time.time()
-        with self._lock:
-            late = [conn for conn in self._reading if conn.timeout <= now]
-            for conn in late:
-                del self._reading[conn]
-                self.poller.unregister(conn.sock)
-        for conn in late:
-            self.nr_conns -= 1
-            if conn.head:
-                self.log.info("closing %s: request head not received in time", conn.client[0])
-                try:
-                    conn.sock.send(REQUEST_TIMEOUT_ANSWER)
-                except OSError:
-                    pass  # it is being closed anyway
-            conn.close()
+    def murder_pending(self):
+        """gthread's sweep, then close connections whose head is past its deadline."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn, (head, deadline) in list(self._heads.items()):
+            if deadline <= now:
+                if head:
+                    self.log.info("closing %s: request head not received in time", conn.client[0])
+                self._drop(conn, REQUEST_TIMEOUT_ANSWER if head else b"")

@@ -270,6 +270,25 @@ def test_a_kept_alive_connection_is_served_again(server):
         connection.close()
 
 
+def test_pipelined_requests_are_each_answered(server):
+    with server.connect() as sock:
+        sock.sendall(
+            b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n"
+            b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        answer = read_answer(sock)
+    assert answer.count(b"HTTP/1.1 200 OK") == 2, answer[:300]
+
+
+def test_the_worker_refuses_h2c_because_it_reads_http_1_heads(monkeypatch, capsys):
+    monkeypatch.delenv("WEB_READ_TIMEOUT", raising=False)
+    config = Config()
+    config.set("http2_cleartext", "upgrade")
+    with pytest.raises(SystemExit):
+        DeadlineWorker.check_config(config, logging.getLogger("test"))
+    assert "serves plain HTTP/1.1" in capsys.readouterr().err
+
+
 def test_a_client_that_leaves_halfway_through_its_head_frees_the_server(server):
     for _ in range(2 * THREADS):
         with server.connect() as sock:

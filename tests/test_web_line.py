@@ -113,6 +113,8 @@ def test_the_web_line_serves_the_app_named_by_APP_on_PORT(tmp_path, procfile, ap
                 time.sleep(0.1)
         assert health is not None and health.status == 200, tail(log_path)
         assert health.json == {"status": "ok"}
+        # gunicorn.conf.py hides the server's name (gunicorn.http.wsgi.SERVER).
+        assert health.headers["server"] == "authsvc"
 
         path, status = PROOF[app]
         assert call("GET", base + path).status == status
