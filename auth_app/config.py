@@ -60,9 +60,9 @@ class AuthSettings(WebSettings):
         self._derive("refresh_token_ttl", timedelta(days=self.refresh_token_expire_days))
 
 
-def database_url_from_env(env: Env | None = None) -> str:
+def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
     """The auth database URL by the contract's precedence (used by Alembic too)."""
-    return database_url(env or Env(), "AUTH", "auth")
+    return database_url(Env(environ), "AUTH", "auth")
 
 
 def _rate_limit(env: Env, name: str, default: str) -> str:
@@ -102,4 +102,6 @@ def load_settings(
         ratelimit_auth=_rate_limit(env, "RATELIMIT_AUTH", "20/minute"),
         ratelimit_key_prefix=env.str("RATELIMIT_KEY_PREFIX", "auth-limiter"),
     )
-    return build_settings(AuthSettings, values, overrides, lambda: database_url_from_env(env))
+    return build_settings(
+        AuthSettings, values, overrides, lambda: database_url_from_env(env.environ)
+    )

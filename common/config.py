@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 T = TypeVar("T")
 P = ParamSpec("P")
+N = TypeVar("N", int, float)
 
 # gunicorn's APP_LOAD_ERROR: its arbiter stops instead of respawning a worker
 # that can never boot; any other caller just sees a non-zero exit.
@@ -95,32 +96,34 @@ class Env:
         maximum: builtins.int | None = None,
     ) -> builtins.int:
         """An integer variable, optionally bounded."""
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
-        if minimum is not None and number < minimum:
-            raise ConfigError(f"{name} must be at least {minimum}, got {number}")
-        if maximum is not None and number > maximum:
-            raise ConfigError(f"{name} must be at most {maximum}, got {number}")
-        return number
+        return self._number(name, default, builtins.int, "an integer", minimum, maximum)
 
     def float(
         self, name: builtins.str, default: builtins.float, *, minimum: builtins.float | None = None
     ) -> builtins.float:
         """A number variable, optionally bounded below."""
+        return self._number(name, default, builtins.float, "a number", minimum, None)
+
+    def _number(
+        self,
+        name: builtins.str,
+        default: N,
+        kind: Callable[[builtins.str], N],
+        what: builtins.str,
+        minimum: N | None,
+        maximum: N | None,
+    ) -> N:
         value = self.raw(name)
         if value is None:
             return default
         try:
-            number = float(value)
+            number = kind(value)
         except ValueError:
-            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+            raise ConfigError(f"{name} must be {what}, got {value!r}") from None
         if minimum is not None and number < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {number}")
+        if maximum is not None and number > maximum:
+            raise ConfigError(f"{name} must be at most {maximum}, got {number}")
         return number
 
     def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:

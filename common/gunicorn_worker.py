@@ -52,6 +52,7 @@ import selectors
 import socket
 import time
 from functools import partial
+from typing import Any
 
 from gunicorn import http
 from gunicorn.workers.gthread import ThreadWorker
@@ -71,11 +72,12 @@ def read_timeout(env: Env | None = None) -> float:
     return (env or Env()).float("WEB_READ_TIMEOUT", DEFAULT_READ_TIMEOUT, minimum=0.1)
 
 
-def head_limit(cfg) -> int:
+def head_limit(cfg: Any) -> int:
     """The most head bytes gunicorn's parser would ever accept with these settings."""
-    fields = cfg.limit_request_fields or 32768
-    field_size = cfg.limit_request_field_size or 8190
-    return cfg.limit_request_line + 4 + fields * (field_size + 2) + 4
+    fields: int = cfg.limit_request_fields or 32768
+    field_size: int = cfg.limit_request_field_size or 8190
+    line: int = cfg.limit_request_line
+    return line + 4 + fields * (field_size + 2) + 4
 
 
 class DeadlineReader:
@@ -85,7 +87,7 @@ class DeadlineReader:
     Werkzeug already treat as a client that went away: no thread waits on.
     """
 
-    def __init__(self, sock: socket.socket, write_timeout: float | None):
+    def __init__(self, sock: socket.socket, write_timeout: float | None) -> None:
         self.sock = sock
         self.write_timeout = write_timeout
         self.head = b""
@@ -122,7 +124,7 @@ class DeadlineWorker(ThreadWorker):
     """gunicorn's gthread worker, with request heads read in the event loop under a deadline."""
 
     @classmethod
-    def check_config(cls, cfg, log):
+    def check_config(cls, cfg: Any, log: Any) -> None:
         """Stop the master with one line if ``WEB_READ_TIMEOUT`` is bad or TLS/h2c is asked for."""
         super().check_config(cfg, log)
         try:
@@ -135,15 +137,15 @@ class DeadlineWorker(ThreadWorker):
         except ConfigError as error:
             fail(error)
 
-    def init_process(self):
+    def init_process(self) -> None:
         """Read the deadline, then start gthread's pool and loop."""
         self.read_timeout = read_timeout()
         self.head_limit = head_limit(self.cfg)
         # Connections whose head is still arriving: conn -> (bytes so far, deadline).
-        self._heads: dict = {}
+        self._heads: dict[Any, tuple[bytearray, float]] = {}
         super().init_process()
 
-    def enqueue_req(self, conn):
+    def enqueue_req(self, conn: Any) -> None:
         """Read the connection's next request head in the event loop before a thread takes it."""
         if conn.parser is not None and conn.parser.unreader.buf.getvalue():
             # Pipelined: the next request is already read (gthread's own test).
@@ -153,7 +155,7 @@ class DeadlineWorker(ThreadWorker):
         self._heads[conn] = (bytearray(), time.monotonic() + self.read_timeout)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_head_bytes, conn))
 
-    def _on_head_bytes(self, conn, sock):
+    def _on_head_bytes(self, conn: Any, sock: socket.socket) -> None:
         """Buffer what arrived; once the head is complete (or too big) give it to a thread."""
         head = self._heads[conn][0]
         while True:
@@ -174,7 +176,7 @@ class DeadlineWorker(ThreadWorker):
         del self._heads[conn]
         self._hand_over(conn, bytes(head))
 
-    def _hand_over(self, conn, head: bytes):
+    def _hand_over(self, conn: Any, head: bytes) -> None:
         """Give a connection whose head is in memory to a pool thread, its body under a deadline."""
         if conn.parser is None:
             # timeout 0 means none in gunicorn, but non-blocking to a socket.
@@ -185,7 +187,7 @@ class DeadlineWorker(ThreadWorker):
         conn.data_ready = True
         super().enqueue_req(conn)
 
-    def _drop(self, conn, answer: bytes = b""):
+    def _drop(self, conn: Any, answer: bytes = b"") -> None:
         self.poller.unregister(conn.sock)
         del self._heads[conn]
         self.nr_conns -= 1
@@ -196,15 +198,15 @@ class DeadlineWorker(ThreadWorker):
                 pass  # it is being closed anyway
         conn.close()
 
-    def handle_request(self, req, conn):
+    def handle_request(self, req: Any, conn: Any) -> bool:
         """Serve one request; a connection whose body ran out of time is not kept alive.
 
         The rest of that body may still arrive, and would be read as the next request.
         """
-        keepalive = super().handle_request(req, conn)
+        keepalive: bool = super().handle_request(req, conn)
         return keepalive and not conn.deadline_reader.expired
 
-    def murder_pending(self):
+    def murder_pending(self) -> None:
         """gthread's sweep, then close connections whose head is past its deadline."""
         super().murder_pending()
         now = time.monotonic()

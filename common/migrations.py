@@ -13,6 +13,7 @@ from typing import Any
 from alembic import context, op
 from sqlalchemy import Column, MetaData, String, text
 
+from common.config import stop_on_config_error
 from common.db import make_engine
 
 
@@ -27,13 +28,16 @@ def run_migrations(metadata: MetaData, default_url: Callable[[], str]) -> None:
     """Run offline or online migrations for one service's metadata.
 
     ``default_url`` is a callable so that configuration is read only when no
-    connection or URL was given.
+    connection or URL was given; a bad value stops the command with one line.
     """
     connection = context.config.attributes.get("connection")
     if connection is not None:
         _run(metadata, connection=connection)
         return
-    url = context.get_x_argument(as_dictionary=True).get("url") or default_url()
+    url = context.get_x_argument(as_dictionary=True).get("url")
+    if not url:
+        with stop_on_config_error():
+            url = default_url()
     if context.is_offline_mode():
         _run(metadata, url=url, literal_binds=True)
         return

@@ -11,7 +11,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import swagger_ui_bundle
@@ -23,7 +23,7 @@ from flask_smorest import Api, Blueprint, pagination
 from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException, InternalServerError, default_exceptions
 
-from common.config import WebSettings
+from common.config import S, WebSettings, split_overrides
 from common.logging import configure_logging, request_id_var
 
 log = logging.getLogger("request")
@@ -199,6 +199,26 @@ def init_cors(app: Flask, origins: list[str]) -> None:
         allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
         max_age=600,
     )
+
+
+def service_app(
+    import_name: str,
+    config: Mapping[str, Any] | None,
+    load_settings: Callable[[Mapping[str, Any]], S],
+    settings_type: type[S],
+    *,
+    title: str,
+) -> tuple[Flask, ServiceApi, S]:
+    """A service's Flask app, its Api and its settings, from ``create_app``'s overrides.
+
+    ``config`` is keyed by variable name: settings among it override the
+    environment, anything else (``TESTING``) goes to Flask's config.
+    """
+    overrides, flask_config = split_overrides(config, settings_type)
+    settings = load_settings(overrides)
+    app = Flask(import_name)
+    app.config.update(flask_config)
+    return app, create_api(app, settings, title=title), settings
 
 
 def create_api(app: Flask, settings: WebSettings, *, title: str) -> ServiceApi:

@@ -19,20 +19,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     A configuration error ends the process with one line naming the variable.
     """
-    from flask import Flask
-
-    from common.config import split_overrides, stop_on_config_error
-    from common.web import create_api
+    from common.config import stop_on_config_error
+    from common.web import service_app
     from user_app import extensions
     from user_app.config import UserSettings, load_settings
     from user_app.resources import register_resources
 
     with stop_on_config_error():
-        overrides, flask_config = split_overrides(config, UserSettings)
-        settings = load_settings(overrides)
-        app = Flask(__name__)
-        app.config.update(flask_config)
-        api = create_api(app, settings, title="User service")
+        app, api, settings = service_app(
+            __name__, config, load_settings, UserSettings, title="User service"
+        )
         extensions.init_app(app, api, settings)
         register_resources(api)
     return app

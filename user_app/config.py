@@ -31,7 +31,7 @@ class UserSettings(WebSettings):
     jwks_timeout_seconds: float = 5.0
 
 
-def user_database_url(environ: Mapping[str, str] | None = None) -> str:
+def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
     """The user service's database URL by the contract's precedence (used by Alembic too)."""
     return database_url(Env(environ), "USER", "user")
 
@@ -64,4 +64,6 @@ def load_settings(
         jwks_refetch_cooldown_seconds=env.float("JWKS_REFETCH_COOLDOWN_SECONDS", 60.0, minimum=0),
         max_content_length=env.int("MAX_CONTENT_LENGTH", 64 * 1024, minimum=1024),
     )
-    return build_settings(UserSettings, values, overrides, lambda: user_database_url(env.environ))
+    return build_settings(
+        UserSettings, values, overrides, lambda: database_url_from_env(env.environ)
+    )

@@ -34,6 +34,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -61,21 +62,27 @@ class Delivery(NamedTuple):
 
 @dataclass
 class Consumer:
-    """Consume one queue and apply each message exactly once.
+    """Consume one queue and apply each message exactly once, in ``engine``'s database.
 
-    ``handlers`` maps every event type the catalogue routes to ``queue`` to the
-    function that applies it.
+    ``handlers`` maps event types to the functions that apply them. The queue
+    is the one the catalogue routes those types to, and the handlers must
+    cover every type it routes there.
     """
 
     name: str
-    queue: str
     handlers: Mapping[EventType, Handler]
-    session_factory: sessionmaker[Session]
+    engine: Engine
     processed_model: ProcessedMessageModel
     settings: BrokerSettings
     stopper: Stopper = field(default_factory=Stopper)
+    queue: str = field(init=False)
+    session_factory: sessionmaker[Session] = field(init=False)
 
     def __post_init__(self) -> None:
+        queues = {event_type.queue for event_type in self.handlers}
+        if len(queues) != 1:
+            raise ValueError(f"handlers of event types of {len(queues)} queues; one queue each")
+        self.queue = queues.pop()
         self._types = {event_type.name: event_type for event_type in self.handlers}
         routed = {event_type.name for event_type in consumed_from(self.queue)}
         if set(self._types) != routed:
@@ -83,6 +90,7 @@ class Consumer:
                 f"{self.queue} receives {sorted(routed)}, handlers cover {sorted(self._types)}"
             )
         self._handlers = {event_type.name: handler for event_type, handler in self.handlers.items()}
+        self.session_factory = sessionmaker(self.engine, expire_on_commit=False)
 
     # -- applying ------------------------------------------------------------
     def accept(self, body: bytes) -> Envelope:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +31,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import PoolProxiedConnection
 
+from auth_app.config import load_settings as load_auth_settings
 from auth_app.models import OutboxEvent as AuthOutbox
-from common.config import Env, database_url, exit_on_config_error
-from common.db import make_engine, utcnow
-from common.logging import configure_logging_from_env
+from common.config import WebSettings, exit_on_config_error
+from common.db import utcnow
 from common.outbox import OutboxModel, notify_channel
+from user_app.config import load_settings as load_user_settings
 from user_app.models import OutboxEvent as UserOutbox
 from workers.broker import (
     CONNECTION_ERRORS,
@@ -45,7 +47,7 @@ from workers.broker import (
     run_forever,
 )
 from workers.publisher import ConfirmingPublisher, Message
-from workers.settings import BrokerSettings
+from workers.settings import BrokerSettings, start_worker
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +233,11 @@ def _properties(row: Row) -> pika.BasicProperties:
     )
 
 
-#: Each service's outbox, by the name ``python -m workers.relay`` takes.
-OUTBOXES: dict[str, OutboxModel] = {"auth": AuthOutbox, "user": UserOutbox}
+#: Each service's outbox and settings, by the name ``python -m workers.relay`` takes.
+OUTBOXES: dict[str, tuple[OutboxModel, Callable[..., WebSettings]]] = {
+    "auth": (AuthOutbox, load_auth_settings),
+    "user": (UserOutbox, load_user_settings),
+}
 
 
 @exit_on_config_error
@@ -243,11 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m workers.relay auth|user", file=sys.stderr)
         return 2
     app = argv[0]
-    env = Env()
-    configure_logging_from_env(env)
-    engine = make_engine(database_url(env, app.upper(), app), pool_size=2, max_overflow=0)
-    relay = Relay(f"{app}_relay", OUTBOXES[app], engine, BrokerSettings.from_env(env))
-    return relay.run()
+    outbox, load_settings = OUTBOXES[app]
+    broker, _settings, engine = start_worker(load_settings, max_overflow=0)
+    return Relay(f"{app}_relay", outbox, engine, broker).run()
 
 
 if __name__ == "__main__":

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from common.config import Env, rabbitmq_url
+from sqlalchemy.engine import Engine
+
+from common.config import Env, S, rabbitmq_url
+from common.db import make_engine
+from common.logging import configure_logging_from_env
 
 
 @dataclass(frozen=True)
@@ -28,3 +33,17 @@ class BrokerSettings:
             prefetch=env.int("WORKER_PREFETCH", 100, minimum=1, maximum=1000),
             heartbeat=env.int("RABBITMQ_HEARTBEAT", 30, minimum=0, maximum=600),
         )
+
+
+def start_worker(
+    load_settings: Callable[..., S], *, max_overflow: int = 2
+) -> tuple[BrokerSettings, S, Engine]:
+    """What every worker does first: logging, then its broker and service settings and engine.
+
+    The engine is a small pool on the service's database. A bad value raises ConfigError.
+    """
+    env = Env()
+    configure_logging_from_env(env)
+    settings = load_settings(environ=env.environ)
+    engine = make_engine(settings.database_url, pool_size=2, max_overflow=max_overflow)
+    return BrokerSettings.from_env(env), settings, engine

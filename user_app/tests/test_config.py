@@ -11,7 +11,7 @@ from common.jwks import JWKSKeySet
 from common.keys import KeyRing, rotate_key_pair, thumbprint
 from tests.support.servers import write_test_keys
 from user_app import create_app
-from user_app.config import load_settings, user_database_url
+from user_app.config import database_url_from_env, load_settings
 from user_app.tests.conftest import bearer
 
 PG = "postgresql+psycopg2://u@db:5432/users"
@@ -34,10 +34,12 @@ def test_defaults(tmp_path, monkeypatch):
 
 def test_database_url_precedence():
     postgres_parts = {"USER_POSTGRES_HOST": "pg", "USER_POSTGRES_DB": "profiles"}
-    assert user_database_url(postgres_parts) == "postgresql+psycopg2://postgres@pg:5432/profiles"
-    assert user_database_url({**postgres_parts, "DATABASE_URL": PG}) == PG
+    assert (
+        database_url_from_env(postgres_parts) == "postgresql+psycopg2://postgres@pg:5432/profiles"
+    )
+    assert database_url_from_env({**postgres_parts, "DATABASE_URL": PG}) == PG
     env = {**postgres_parts, "DATABASE_URL": PG, "USER_DATABASE_URL": "postgres://x@y/z"}
-    assert user_database_url(env) == "postgresql://x@y/z"
+    assert database_url_from_env(env) == "postgresql://x@y/z"
 
 
 def test_a_pem_in_the_environment_with_escaped_newlines(signer):

@@ -15,7 +15,7 @@ import pika
 import pytest
 from sqlalchemy import String, event, func, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from common.db import make_engine, new_metadata
 from common.events import USER_EVENTS, USER_QUEUE, InvalidMessage
@@ -164,9 +164,8 @@ def make_consumer(engine, url, handler=None, **settings):
 
     return Consumer(
         name="test_consumer",
-        queue=USER_QUEUE,
         handlers={NUMBERED: one_by_one(applied_handler)},
-        session_factory=sessionmaker(engine, expire_on_commit=False),
+        engine=engine,
         processed_model=Processed,
         settings=broker_settings(url, **settings),
     )
