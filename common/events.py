@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
@@ -56,32 +56,90 @@ class _Payload(Schema):
         unknown = EXCLUDE
 
 
-SYNC_ACTIONS = ("created", "deleted", "sessions_revoked")
+class PayloadSchema(Protocol):
+    """What an event type needs of its data's schema: a marshmallow Schema, or :class:`ByField`."""
+
+    def load(self, data: Any) -> Any:
+        """The data, loaded; ValidationError if invalid."""
+
+    def dump(self, data: Any) -> Any:
+        """The data as it goes into a message body."""
+
+    def validate(self, data: Any) -> dict[str, Any]:
+        """The errors ``load`` would raise, by field (empty when none)."""
 
 
-class UserSyncData(_Payload):
-    """``user.sync``: what the auth service tells the user service about an account.
+class ByField:
+    """A payload whose shape depends on one of its fields (``user.sync``: its ``action``).
 
-    By ``action``: ``created`` carries the account (``email``, ``username``,
-    ``roles``, ``is_active``, ``created_at``); ``deleted`` nothing more;
-    ``sessions_revoked`` the ``revoked_before`` cut-off in epoch seconds.
+    Each shape is a plain marshmallow schema with its own required fields, so
+    loading one checks exactly what that kind of message must carry.
     """
 
+    def __init__(self, field: str, schemas: Mapping[str, Schema]) -> None:
+        self.field = field
+        self.schemas = dict(schemas)
+
+    def _schema(self, data: Any) -> Schema:
+        if not isinstance(data, Mapping):
+            raise ValidationError("Invalid input type.", "_schema")
+        schema = self.schemas.get(str(data.get(self.field)))
+        if schema is None:
+            raise ValidationError(f"Must be one of: {', '.join(self.schemas)}.", self.field)
+        return schema
+
+    def load(self, data: Any) -> Any:
+        """The data loaded by its shape's schema; ValidationError if invalid."""
+        return self._schema(data).load(data)
+
+    def dump(self, data: Any) -> Any:
+        """The data as its shape's schema writes it."""
+        return self._schema(data).dump(data)
+
+    def validate(self, data: Any) -> dict[str, Any]:
+        """The errors ``load`` would raise, by field (empty when none)."""
+        try:
+            self.load(data)
+        except ValidationError as error:
+            messages: dict[str, Any] = error.normalized_messages()
+            return messages
+        return {}
+
+
+class _SyncData(_Payload):
     user_id = UserId(required=True)
-    action = fields.String(required=True, validate=validate.OneOf(SYNC_ACTIONS))
-    email = fields.String(validate=validate.Length(min=1, max=320))
-    username = fields.String(validate=validate.Length(min=1, max=64))
+    action = fields.String(required=True)
+
+
+class UserSyncCreated(_SyncData):
+    """``user.sync`` ``created``: the account, as the user service first sees it."""
+
+    email = fields.String(required=True, validate=validate.Length(min=1, max=320))
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
     roles = fields.List(RoleName(), validate=validate.Length(max=MAX_ROLES))
     is_active = StrictBoolean()
     created_at = fields.AwareDateTime(default_timezone=UTC)
-    revoked_before = EpochSeconds()
 
-    @validates_schema
-    def _fields_of_the_action(self, data: dict, **_kwargs: Any) -> None:
-        required = {"created": ("email", "username"), "sessions_revoked": ("revoked_before",)}
-        missing = [name for name in required.get(data.get("action", ""), ()) if name not in data]
-        if missing:
-            raise ValidationError({name: ["Missing data for required field."] for name in missing})
+
+class UserSyncDeleted(_SyncData):
+    """``user.sync`` ``deleted``: the account is gone."""
+
+
+class UserSyncSessionsRevoked(_SyncData):
+    """``user.sync`` ``sessions_revoked``: the user's tokens issued before the cut-off are dead."""
+
+    revoked_before = EpochSeconds(required=True)
+
+
+#: ``user.sync``: what the auth service tells the user service about an account, by ``action``.
+UserSyncData = ByField(
+    "action",
+    {
+        "created": UserSyncCreated(),
+        "deleted": UserSyncDeleted(),
+        "sessions_revoked": UserSyncSessionsRevoked(),
+    },
+)
 
 
 class UserCreatedData(_Payload):
@@ -156,7 +214,7 @@ class EventType:
     exchange: str
     queue: str
     source: str
-    schema: Schema
+    schema: PayloadSchema
 
     @property
     def routing_key(self) -> str:
@@ -199,7 +257,7 @@ class EventType:
         )
 
 
-USER_SYNC = EventType("user.sync", USER_EVENTS, USER_QUEUE, AUTH_APP, UserSyncData())
+USER_SYNC = EventType("user.sync", USER_EVENTS, USER_QUEUE, AUTH_APP, UserSyncData)
 USER_CREATED = EventType("user.created", AUTH_EVENTS, AUTH_QUEUE, USER_APP, UserCreatedData())
 USER_UPDATED = EventType("user.updated", AUTH_EVENTS, AUTH_QUEUE, USER_APP, UserUpdatedData())
 USER_DELETED = EventType("user.deleted", AUTH_EVENTS, AUTH_QUEUE, USER_APP, UserDeletedData())

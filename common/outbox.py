@@ -11,11 +11,11 @@ declares its own tables from the mixins here, so that its schema stays its own.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, String, Text, text
+from sqlalchemy import Integer, String, Text, insert, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from common.db import UTCDateTime, utcnow
@@ -67,35 +67,57 @@ def emit(
     data: Mapping[str, Any],
     correlation_id: str | None = None,
 ) -> Envelope:
-    """Write an event to the outbox in the caller's transaction (the caller commits).
+    """Write one event to the outbox in the caller's transaction: :func:`emit_all` of one."""
+    return emit_all(session, outbox_model, event_type, [(data, correlation_id)])[0]
 
-    ``data`` goes through the event type's schema, so nothing is written that
-    its consumer would refuse (ValueError). The correlation id defaults to
-    the current request's id. On PostgreSQL a NOTIFY, delivered only at
-    commit, wakes the relay at once.
+
+def emit_all(
+    session: Session,
+    outbox_model: OutboxModel,
+    event_type: EventType,
+    events: Sequence[tuple[Mapping[str, Any], str | None]],
+) -> list[Envelope]:
+    """Write events of one type, ``(data, correlation_id)`` each, to the outbox, in order.
+
+    In the caller's transaction (the caller commits), with one multi-row
+    insert. Each ``data`` goes through the event type's schema, so nothing is
+    written that its consumer would refuse (ValueError). A correlation id of
+    None becomes the current request's id. On PostgreSQL a NOTIFY, delivered
+    only at commit, wakes the relay at once.
     """
-    if correlation_id is None:
-        correlation_id = request_id_var.get()
-    envelope = event_type.make(data, correlation_id)
-    session.add(
-        outbox_model(
-            message_id=envelope.id,
-            exchange=event_type.exchange,
-            routing_key=event_type.routing_key,
-            source=envelope.source,
-            correlation_id=envelope.correlation_id,
-            body=json.dumps(envelope.to_dict(), separators=(",", ":")),
-        )
+    request_id = request_id_var.get()
+    envelopes = [
+        event_type.make(data, request_id if correlation_id is None else correlation_id)
+        for data, correlation_id in events
+    ]
+    if not envelopes:
+        return envelopes
+    now = utcnow()
+    session.execute(
+        insert(outbox_model),
+        [
+            {
+                "message_id": envelope.id,
+                "exchange": event_type.exchange,
+                "routing_key": event_type.routing_key,
+                "source": envelope.source,
+                "correlation_id": envelope.correlation_id,
+                "body": json.dumps(envelope.to_dict(), separators=(",", ":")),
+                "created_at": now,
+                "attempts": 0,
+            }
+            for envelope in envelopes
+        ],
     )
     if session.get_bind().dialect.name == "postgresql":
         _notify_once(session, notify_channel(outbox_model.__tablename__))
-    return envelope
+    return envelopes
 
 
 def _notify_once(session: Session, channel: str) -> None:
     # One NOTIFY per channel and transaction is enough (PostgreSQL folds
     # repeats anyway), and it goes straight to the connection: through
-    # session.execute it would flush the rows pending so far, once per event.
+    # session.execute it would flush the rows pending so far once more.
     transaction = session.get_nested_transaction() or session.get_transaction()
     notified: tuple[object, set[str]] | None = session.info.get(_NOTIFIED)
     if notified is None or notified[0] is not transaction:

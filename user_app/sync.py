@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from common.db import dialect_insert, insert_ignoring_conflict, utcnow
 from common.events import USER_CREATED, USER_SYNC, Envelope, EventType
-from common.outbox import emit
+from common.outbox import emit_all
 from user_app.models import OutboxEvent, PendingRevocation, Profile, Tombstone
 from user_app.profiles import fold_pending_revocation, is_deleted, leave_tombstone
 
@@ -182,16 +182,13 @@ def handle_user_sync(envelopes: list[Envelope], session: Session) -> None:
     for run in _each_user_once(envelopes):
         created = [envelope for envelope in run if envelope.data["action"] == "created"]
         profiles = apply_users_created(session, [(e.data, e.occurred_at) for e in created])
-        for envelope, profile in zip(created, profiles, strict=True):
-            if profile is not None:
-                # The auth service marks the account provisioned.
-                emit(
-                    session,
-                    OutboxEvent,
-                    USER_CREATED,
-                    {"user_id": profile.id, "profile_created_at": profile.created_at},
-                    correlation_id=envelope.id,
-                )
+        # The auth service marks each account provisioned.
+        answers = [
+            ({"user_id": profile.id, "profile_created_at": profile.created_at}, envelope.id)
+            for envelope, profile in zip(created, profiles, strict=True)
+            if profile is not None
+        ]
+        emit_all(session, OutboxEvent, USER_CREATED, answers)
         for envelope in run:
             data = envelope.data
             if data["action"] == "deleted":
