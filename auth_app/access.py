@@ -13,7 +13,7 @@ import redis
 from flask import g
 
 from auth_app.models import User
-from auth_app.revocation import RevocationStore
+from auth_app.revocation import RevocationStore, issued_before_cutoff
 from common.auth import AccountDisabled, DependencyUnavailable
 from common.flask_db import get_session
 from common.tokens import InvalidToken
@@ -40,6 +40,8 @@ class AccessCheck:
         user = get_session().get(User, claims["sub"])
         if user is None:
             raise InvalidToken("unknown user")
+        if issued_before_cutoff(claims, user):
+            raise InvalidToken("token revoked")
         if not user.is_active:
             raise AccountDisabled("Account disabled")
         g.current_user = user

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Collection
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from auth_app import login_sessions
+from auth_app import announce, login_sessions
 from auth_app.login_throttle import LoginThrottle
-from auth_app.models import OutboxEvent, User
+from auth_app.models import User
 from auth_app.passwords import PasswordHasher, check_policy
 from auth_app.revocation import RevocationStore
 from common.db import utcnow
-from common.events import USER_SYNC
-from common.fields import ROLE_NAME
-from common.outbox import emit
 
 log = logging.getLogger("auth_app.accounts")
 
@@ -56,16 +55,12 @@ class UnknownAccount(LookupError):
 
 
 class InvalidRole(ValueError):
-    """A role name outside ``[a-z][a-z0-9_-]{0,31}``."""
+    """A role name that is not one of ``ROLES``."""
 
 
 def normalise_email(email: str) -> str:
     """Emails are compared and stored lower-cased."""
     return email.strip().lower()
-
-
-def _sync(session: Session, user_id: str, action: str, **data: object) -> None:
-    emit(session, OutboxEvent, USER_SYNC, {"user_id": user_id, "action": action, **data})
 
 
 def register(
@@ -98,16 +93,7 @@ def register(
     )
     session.add(user)
     session.flush()
-    _sync(
-        session,
-        user.id,
-        "created",
-        email=user.email,
-        username=user.username,
-        roles=list(user.roles),
-        is_active=user.is_active,
-        created_at=user.created_at,
-    )
+    announce.created(session, user)
     log.info("registered user_id=%s", user.id)
     return user
 
@@ -167,17 +153,14 @@ def authenticate(
     return user
 
 
-def revoke_everything(
-    session: Session, revocation: RevocationStore, user: User, *, announce: bool = True
-) -> int:
-    """End every session and access token of ``user``; return the ``revoked_before`` epoch.
+def revoke_everything(session: Session, revocation: RevocationStore, user: User) -> int:
+    """End every session and access token of ``user``, here and at the user service.
 
-    With ``announce`` a ``sessions_revoked`` sync tells the user service too.
+    Returns the ``revoked_before`` cut-off (epoch seconds).
     """
     login_sessions.revoke_all(session, user.id, utcnow())
-    cutoff = revocation.revoke_user(user.id)
-    if announce:
-        _sync(session, user.id, "sessions_revoked", revoked_before=cutoff)
+    cutoff = revocation.revoke_user(session, user)
+    announce.sessions_revoked(session, user.id, cutoff)
     log.info("sessions revoked user_id=%s revoked_before=%d", user.id, cutoff)
     return cutoff
 
@@ -202,34 +185,31 @@ def change_password(
     log.info("password changed user_id=%s", user.id)
 
 
-def _remove(session: Session, revocation: RevocationStore, user: User) -> None:
-    revocation.revoke_user(user.id)
+def _remove(session: Session, user: User) -> None:
+    # Every token of a user that is gone is refused (unknown user), here and
+    # (tombstone) at the user service: nothing else to revoke.
     login_sessions.delete_all(session, user.id)
     session.delete(user)
     session.flush()
 
 
-def delete_account(
-    session: Session, hasher: PasswordHasher, revocation: RevocationStore, user: User, password: str
-) -> None:
+def delete_account(session: Session, hasher: PasswordHasher, user: User, password: str) -> None:
     """Delete the account after checking its password; publish a ``deleted`` sync."""
     if not hasher.verify(password, user.password_hash):
         log.info("account deletion refused reason=wrong_password user_id=%s", user.id)
         raise InvalidCredentials()
     user_id = user.id
-    _remove(session, revocation, user)
-    _sync(session, user_id, "deleted")
+    _remove(session, user)
+    announce.deleted(session, user_id)
     log.info("account deleted user_id=%s", user_id)
 
 
-def delete_account_from_user_service(
-    session: Session, revocation: RevocationStore, user_id: str
-) -> bool:
+def delete_account_from_user_service(session: Session, user_id: str) -> bool:
     """Apply ``user.deleted``: remove the account, no echo event. False if already gone."""
     user = session.get(User, user_id)
     if user is None:
         return False
-    _remove(session, revocation, user)
+    _remove(session, user)
     log.info("account deleted by the user service user_id=%s", user_id)
     return True
 
@@ -248,61 +228,105 @@ def mark_provisioned(session: Session, times: dict[str, datetime]) -> None:
         )
 
 
-def validate_role(role: str) -> str:
-    """``role`` itself, or InvalidRole."""
-    if not isinstance(role, str) or not ROLE_NAME.match(role):
-        raise InvalidRole(f"invalid role {role!r}: use [a-z][a-z0-9_-]{{0,31}}")
+def validate_role(role: str, roles: Collection[str]) -> str:
+    """``role`` itself if it is one of ``roles`` (``ROLES``), else InvalidRole."""
+    if not isinstance(role, str) or role not in roles:
+        raise InvalidRole(f"invalid role {role!r}: the roles are {', '.join(roles)}")
     return role
+
+
+def _newer(at: datetime, last: datetime | None) -> bool:
+    return last is None or at > last
+
+
+def change_account(
+    session: Session,
+    revocation: RevocationStore,
+    user: User,
+    at: datetime,
+    *,
+    roles: Collection[str] | None = None,
+    is_active: bool | None = None,
+) -> dict[str, Any]:
+    """Set roles and/or activity as of ``at``, unless a later change of that field won.
+
+    Wherever a change was made (the CLI here, an administrator at the user
+    service), it lands here, and the user service hears it back as ``user.sync``
+    ``updated`` at the same time ``at``: every order of concurrent changes ends
+    with the later one on both sides. A role taken away or a deactivation ends
+    every session and token of the user. Returns what changed.
+    """
+    changed: dict[str, Any] = {}
+    taken_away = False
+    if roles is not None and _newer(at, user.roles_changed_at):
+        # Even an unchanged list is a decision an older change must not undo.
+        user.roles_changed_at = at
+        new_roles = sorted(set(roles))
+        if new_roles != sorted(user.roles):
+            taken_away = bool(set(user.roles) - set(new_roles))
+            user.roles = new_roles
+            changed["roles"] = new_roles
+    if is_active is not None and _newer(at, user.active_changed_at):
+        user.active_changed_at = at
+        if is_active != user.is_active:
+            user.is_active = is_active
+            changed["is_active"] = is_active
+    if changed:
+        announce.updated(session, user, changed, at)
+    if taken_away or changed.get("is_active") is False:
+        # Tokens carry roles and work while active: the old ones die everywhere.
+        revoke_everything(session, revocation, user)
+    if roles is not None or is_active is not None:
+        log.info("account change user_id=%s changed=%s", user.id, ",".join(sorted(changed)) or "-")
+    return changed
 
 
 def apply_admin_changes(
     session: Session,
     revocation: RevocationStore,
     user_id: str,
-    changes: dict,
+    changes: dict[str, Any],
     occurred_at: datetime,
-) -> bool:
-    """Apply ``user.updated`` (``is_active`` and/or ``roles``) unless a newer change won.
+    roles: Collection[str],
+) -> dict[str, Any]:
+    """Apply ``user.updated``: an administrator's change of ``is_active``/``roles`` over there.
 
-    ``changes`` is what the catalogue's schema loaded (a boolean, role names).
-    Returns False when nothing was applied (unknown user or a stale change).
-    Deactivation revokes every session and token.
+    ``changes`` is what the catalogue's schema loaded; ``roles`` are the role
+    names there are (InvalidRole for any other). Returns what changed (empty
+    for an unknown user or a change a later one beat).
     """
-    is_active = changes.get("is_active")
-    roles = sorted(set(changes["roles"])) if "roles" in changes else None
+    for role in changes.get("roles", ()):
+        validate_role(role, roles)
     user = session.get(User, user_id)
     if user is None:
-        return False
-    if user.admin_changed_at is not None and occurred_at <= user.admin_changed_at:
-        log.info("stale admin change ignored user_id=%s", user_id)
-        return False
-    user.admin_changed_at = occurred_at
-    if roles is not None:
-        user.roles = roles
-    if is_active is not None and is_active != user.is_active:
-        user.is_active = is_active
-        if not is_active:
-            revoke_everything(session, revocation, user, announce=False)
-    log.info("admin change applied user_id=%s fields=%s", user_id, ",".join(sorted(changes)))
-    return True
+        return {}
+    return change_account(
+        session,
+        revocation,
+        user,
+        occurred_at,
+        roles=changes.get("roles"),
+        is_active=changes.get("is_active"),
+    )
 
 
 def set_role(
-    session: Session, revocation: RevocationStore, email: str, role: str, *, grant: bool
+    session: Session,
+    revocation: RevocationStore,
+    email: str,
+    role: str,
+    *,
+    grant: bool,
+    roles: Collection[str],
 ) -> User:
-    """Grant or revoke a role; revoking one also ends the user's sessions, here and there."""
-    validate_role(role)
+    """Grant or revoke a role (one of ``roles``); revoking ends the user's sessions everywhere."""
+    validate_role(role, roles)
     user = session.scalars(
         select(User).where(func.lower(User.email) == normalise_email(email))
     ).first()
     if user is None:
         raise UnknownAccount(email)
-    roles = set(user.roles)
-    if grant:
-        roles.add(role)
-    elif role in roles:
-        roles.discard(role)
-        # Tokens carry roles: make the old ones, with the role, die everywhere.
-        revoke_everything(session, revocation, user)
-    user.roles = sorted(roles)
+    current = set(user.roles)
+    wanted = current | {role} if grant else current - {role}
+    change_account(session, revocation, user, utcnow(), roles=wanted)
     return user

@@ -60,7 +60,9 @@ def rotate_keys() -> None:
 def _set_role(email: str, role: str, grant: bool) -> None:
     session = current_app.extensions["database"].sessionmaker()
     try:
-        user = accounts.set_role(session, revocation(), email, role, grant=grant)
+        user = accounts.set_role(
+            session, revocation(), email, role, grant=grant, roles=settings().roles
+        )
         session.commit()
     except accounts.InvalidRole as error:
         raise click.BadParameter(str(error), param_hint="ROLE") from None

@@ -44,6 +44,8 @@ class AuthSettings(WebSettings):
     jwt_public_key: str | None = None
     jwt_client_id: str = DEFAULT_CLIENT_ID
     refresh_token_expire_days: int = 30
+    refresh_reuse_grace_seconds: int = 10
+    session_max_age_days: int = 90
     bcrypt_rounds: int = 12
     password_min_length: int = 8
     password_pepper: str = DEV_PASSWORD_PEPPER
@@ -54,10 +56,16 @@ class AuthSettings(WebSettings):
     ratelimit_key_prefix: str = "auth-limiter"
     #: How long a refresh token lives.
     refresh_token_ttl: timedelta = field(init=False)
+    #: How long a login lives, however often it is refreshed.
+    session_max_age: timedelta = field(init=False)
+    #: How long after its rotation a refresh token still answers (two tabs refreshing at once).
+    refresh_reuse_grace: timedelta = field(init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._derive("refresh_token_ttl", timedelta(days=self.refresh_token_expire_days))
+        self._derive("session_max_age", timedelta(days=self.session_max_age_days))
+        self._derive("refresh_reuse_grace", timedelta(seconds=self.refresh_reuse_grace_seconds))
 
 
 def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
@@ -93,6 +101,10 @@ def load_settings(
         jwt_public_key=env.str("JWT_PUBLIC_KEY"),
         jwt_client_id=env.str("JWT_CLIENT_ID", DEFAULT_CLIENT_ID),
         refresh_token_expire_days=env.int("REFRESH_TOKEN_EXPIRE_DAYS", 30, minimum=1),
+        refresh_reuse_grace_seconds=env.int(
+            "REFRESH_REUSE_GRACE_SECONDS", 10, minimum=0, maximum=300
+        ),
+        session_max_age_days=env.int("SESSION_MAX_AGE_DAYS", 90, minimum=1, maximum=3650),
         bcrypt_rounds=env.int("BCRYPT_ROUNDS", 12, minimum=4, maximum=31),
         password_min_length=env.int("PASSWORD_MIN_LENGTH", 8, minimum=1, maximum=1024),
         password_pepper=env.str("PASSWORD_PEPPER", DEV_PASSWORD_PEPPER),

@@ -25,7 +25,7 @@ from auth_app.config import AuthSettings
 from auth_app.login_throttle import LoginThrottle
 from auth_app.models import Base
 from auth_app.passwords import PasswordHasher
-from auth_app.revocation import REDIS_TIMEOUT_SECONDS, RevocationStore, connect_redis
+from auth_app.revocation import REDIS_TIMEOUT_SECONDS, RevocationStore
 from auth_app.tokens import TokenIssuer
 from common.auth import BearerAuth
 from common.config import ConfigError
@@ -91,12 +91,11 @@ def _keys_for(settings: AuthSettings) -> KeyRing:
 def init_app(app: Flask, api: ServiceApi, settings: AuthSettings) -> None:
     """Make the app's shared objects and attach them to ``app``."""
     app.extensions["settings"] = settings
-    Database.from_url(settings.database_url).init_app(
-        app, create_schema=Base if settings.create_schema else None
-    )
-    client = connect_redis(settings)
+    database = Database.from_url(settings.database_url)
+    database.init_app(app, create_schema=Base if settings.create_schema else None)
     keys = _keys_for(settings)
-    revocation = RevocationStore.for_settings(client, settings)
+    revocation = RevocationStore.connect(settings, database.sessionmaker)
+    client = revocation.client
     app.extensions["redis"] = client
     app.extensions["revocation"] = revocation
     app.extensions["login_throttle"] = LoginThrottle(

@@ -28,13 +28,26 @@ class InvalidRefreshToken(Exception):
     """The refresh token is unknown, expired or of a revoked family."""
 
 
-class RefreshTokenReused(InvalidRefreshToken):
-    """An already-rotated refresh token came back; its family has been revoked."""
+class EndedFamily(InvalidRefreshToken):
+    """The refresh token's login session must end now; ``family`` is it."""
 
-    def __init__(self, user_id: str, sid: str):
-        super().__init__("refresh token reused")
-        self.user_id = user_id
-        self.sid = sid
+    def __init__(self, reason: str, family: LoginSession) -> None:
+        super().__init__(reason)
+        self.family = family
+
+
+class RefreshTokenReused(EndedFamily):
+    """A refresh token rotated longer ago than the grace came back: a replay."""
+
+    def __init__(self, family: LoginSession) -> None:
+        super().__init__("refresh token reused", family)
+
+
+class SessionEnded(EndedFamily):
+    """The login reached its absolute end (``SESSION_MAX_AGE_DAYS``)."""
+
+    def __init__(self, family: LoginSession) -> None:
+        super().__init__("session ended", family)
 
 
 def hash_token(token: str) -> str:
@@ -42,22 +55,36 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _issue(session: Session, sid: str, now: datetime, ttl: timedelta) -> str:
+def _issue(session: Session, family: LoginSession, now: datetime, ttl: timedelta) -> str:
     token = secrets.token_urlsafe(32)
     session.add(
         RefreshToken(
-            token_hash=hash_token(token), session_id=sid, issued_at=now, expires_at=now + ttl
+            token_hash=hash_token(token),
+            session_id=family.id,
+            issued_at=now,
+            # No refresh token outlives its login.
+            expires_at=min(now + ttl, family.expires_at),
         )
     )
     return token
 
 
-def start(session: Session, user_id: str, now: datetime, ttl: timedelta) -> tuple[str, str]:
-    """Open a session family for ``user_id``; return ``(sid, refresh_token)``."""
-    family = LoginSession(user_id=user_id, created_at=now)
+def start(
+    session: Session, user_id: str, now: datetime, ttl: timedelta, max_age: timedelta
+) -> tuple[LoginSession, str]:
+    """Open a login session for ``user_id`` that ends ``max_age`` from now.
+
+    Returns the session and its first refresh token.
+    """
+    # revoked_at given, though None: a bulk revocation later in this
+    # transaction then updates this object too (the ORM only refreshes
+    # attributes an object holds).
+    family = LoginSession(
+        user_id=user_id, created_at=now, expires_at=now + max_age, revoked_at=None
+    )
     session.add(family)
     session.flush()
-    return family.id, _issue(session, family.id, now, ttl)
+    return family, _issue(session, family, now, ttl)
 
 
 def find(session: Session, token: str) -> tuple[RefreshToken, LoginSession] | None:
@@ -71,45 +98,63 @@ def find(session: Session, token: str) -> tuple[RefreshToken, LoginSession] | No
     return row, family
 
 
-def rotate(session: Session, token: str, now: datetime, ttl: timedelta) -> tuple[LoginSession, str]:
+def lock(session: Session, family: LoginSession) -> LoginSession:
+    """``family`` as it is now, its row locked until the transaction ends (PostgreSQL).
+
+    Rotating a family's tokens and revoking the family both take this lock
+    (revoking through the ``UPDATE`` of :func:`revoke_all`), so one waits for
+    the other: a refresh never mints a token for a family being revoked.
+    """
+    locked = session.get(LoginSession, family.id, with_for_update=True, populate_existing=True)
+    return locked if locked is not None else family
+
+
+def rotate(
+    session: Session,
+    token: str,
+    now: datetime,
+    ttl: timedelta,
+    grace: timedelta = timedelta(0),
+) -> tuple[LoginSession, str]:
     """Exchange a live refresh token for a new one of the same family.
 
-    Raises InvalidRefreshToken, or RefreshTokenReused after revoking the family
-    (the caller commits, so the revocation sticks though the request fails).
+    A token rotated at most ``grace`` ago answers once more with a new token
+    of its family (two tabs refreshing at once); one rotated longer ago is a
+    replay. Raises InvalidRefreshToken; RefreshTokenReused or SessionEnded
+    when the family must end (the caller ends it and commits, so that sticks
+    though the refresh fails).
     """
     found = find(session, token)
     if found is None:
         raise InvalidRefreshToken("unknown refresh token")
     row, family = found
+    family = lock(session, family)
+    session.refresh(row)
     if family.revoked_at is not None:
         raise InvalidRefreshToken("session revoked")
-    if row.rotated_at is not None:
-        revoke(session, family, now)
-        raise RefreshTokenReused(family.user_id, family.id)
+    if family.expires_at <= now:
+        raise SessionEnded(family)
     if row.expires_at <= now:
         raise InvalidRefreshToken("refresh token expired")
-    # The check and the rotation in one statement: a concurrent refresh that
-    # read the same row finds rotated_at set and changes nothing.
-    result = session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.token_hash == row.token_hash, RefreshToken.rotated_at.is_(None))
-        .values(rotated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if cast(CursorResult, result).rowcount != 1:
-        revoke(session, family, now)
-        raise RefreshTokenReused(family.user_id, family.id)
-    return family, _issue(session, family.id, now, ttl)
-
-
-def revoke(session: Session, family: LoginSession, now: datetime) -> None:
-    """Revoke one family: none of its refresh tokens works again."""
-    if family.revoked_at is None:
-        family.revoked_at = now
+    if row.rotated_at is None:
+        # The check and the rotation in one statement: where no row lock
+        # serialises refreshes (SQLite), the one that loses changes nothing.
+        result = session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.token_hash == row.token_hash, RefreshToken.rotated_at.is_(None))
+            .values(rotated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if cast(CursorResult, result).rowcount == 1:
+            return family, _issue(session, family, now, ttl)
+        session.refresh(row)
+    if row.rotated_at is not None and now - row.rotated_at <= grace:
+        return family, _issue(session, family, now, ttl)
+    raise RefreshTokenReused(family)
 
 
 def revoke_all(session: Session, user_id: str, now: datetime) -> None:
-    """Revoke every family of ``user_id``."""
+    """Revoke every family of ``user_id`` (one family at a time: ``RevocationStore``)."""
     session.execute(
         update(LoginSession)
         .where(LoginSession.user_id == user_id, LoginSession.revoked_at.is_(None))

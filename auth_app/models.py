@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, String
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from common.db import UTCDateTime, new_metadata, utcnow
@@ -44,8 +44,12 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     provisioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # Time of the last administrator change applied, so an older one never wins.
-    admin_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When roles and activity last changed, wherever the change was made: a change
+    # that happened earlier never overwrites a later one, in any order of arrival.
+    roles_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    active_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Epoch second: every access token of the user with an ``iat`` below it is dead.
+    revoked_before: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class LoginSession(Base):
@@ -58,7 +62,9 @@ class LoginSession(Base):
         String(36), ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The login's absolute end (SESSION_MAX_AGE_DAYS), however often it is refreshed.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
 
 class RefreshToken(Base):
@@ -74,6 +80,15 @@ class RefreshToken(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # Set once, by the refresh that replaced it; a second use is a replay.
     rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class RevokedToken(Base):
+    """An access token ended before its time (logout); kept until it would have expired."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class OutboxEvent(OutboxMixin, Base):

@@ -1,36 +1,56 @@
-"""Token revocation state in Redis, read on every authenticated request.
+"""Token revocation: durable in the auth database, fast in Redis.
 
-Three kinds of entry, each expiring when no token it could concern is alive:
-a revoked access-token id, a revoked session family, and a per-user cut-off
-("tokens issued before this epoch second are dead").
+Three kinds of revocation, each written to the database in the caller's
+transaction:
 
-The cut-off is a whole second one past the moment of revocation, and tokens
-of that user are never issued with an ``iat`` below the user's cut-off. So a
-token issued earlier in the same second is dead while the pair issued right
-after (password change, a new login) is alive, though ``iat`` has only
-one-second precision. The same integer goes out as ``revoked_before`` in the
+- a revoked access-token id (logout): a ``revoked_tokens`` row, kept until the
+  token would have expired;
+- a revoked login session (logout, refresh reuse, a session's end): its
+  ``login_sessions.revoked_at``;
+- a per-user cut-off (logout-all, password change, deactivation, a role
+  taken away): ``users.revoked_before``, "tokens issued before this epoch
+  second are dead".
+
+The token check reads ids and sessions from Redis, written there before the
+request commits, so a revocation is in force when the request reports success.
+The cut-off is read from the user's row, which every token check reads anyway.
+
+A Redis that lost its keys (it restarted empty, was flushed, or failed over to
+a replica that had not caught up) is refilled from the database before it
+answers a check: a marker key holds the ``run_id`` of the server that was
+filled. A marker that is missing, or names another server than the one a new
+connection reached, means the keys cannot be trusted.
+
+The cut-off is a whole second one past the moment of revocation, and tokens of
+that user are never issued with an ``iat`` below it. So a token issued earlier
+in the same second is dead while the pair issued right after (a password
+change's, a new login's) is alive, though ``iat`` has only one-second
+precision. The same integer goes out as ``revoked_before`` in the
 ``sessions_revoked`` sync, so the user service draws the same line.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import redis
+from redis.connection import AbstractConnection
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from auth_app.config import AuthSettings
+from auth_app.models import LoginSession, RevokedToken, User
+from common.db import insert_ignoring_conflict, utcnow
+
+log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_SECONDS = 2
-
-# Atomically: cut-off = max(now + 1, previous + 1), so it only ever moves forward.
-_RAISE_CUTOFF = """
-local previous = tonumber(redis.call('GET', KEYS[1]) or '0')
-local cutoff = math.max(tonumber(ARGV[1]), previous + 1)
-redis.call('SET', KEYS[1], cutoff, 'EX', tonumber(ARGV[2]))
-return cutoff
-"""
 
 
 def connect_redis(settings: AuthSettings, **options: Any) -> redis.Redis:
@@ -43,70 +63,182 @@ def connect_redis(settings: AuthSettings, **options: Any) -> redis.Redis:
     )
 
 
-class RevocationStore:
-    """Revoked jtis, revoked sessions and per-user cut-offs under one key prefix."""
+class ServerWatch:
+    """A redis-py connect hook: notes the ``run_id`` of the server each new connection reaches.
 
-    def __init__(self, client: redis.Redis, prefix: str, *, access_ttl: int, leeway: int) -> None:
+    redis-py calls it instead of its own handshake, so it does that first.
+    """
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+
+    def __call__(self, connection: AbstractConnection) -> None:
+        """Hand-shake, then ask the server who it is."""
+        connection.on_connect()
+        connection.send_command("INFO", "server")
+        info = connection.read_response()
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        for line in text.splitlines():
+            if line.startswith("run_id:"):
+                self.run_id = line.partition(":")[2].strip()
+
+
+class RevocationStore:
+    """Revoked token ids, revoked sessions and per-user cut-offs.
+
+    ``database`` is where a Redis that lost its keys is refilled from, and
+    ``server`` tells which Redis server the client last reached; without them
+    (the auth worker only revokes) nothing is refilled.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        *,
+        access_ttl: int,
+        leeway: int,
+        database: sessionmaker[Session] | None = None,
+        server: ServerWatch | None = None,
+    ) -> None:
         self.client = client
         self.prefix = prefix
-        # An entry must outlive every token it can concern, leeway included.
         self.leeway = leeway
+        # An entry must outlive every token it can concern, leeway included.
         self.ttl = access_ttl + leeway + 1
+        self.database = database
+        self.server = server or ServerWatch()
+        self._marker = f"{prefix}revocations:filled"
+        self._refilling = threading.Lock()
 
     @classmethod
-    def for_settings(cls, client: redis.Redis, settings: AuthSettings) -> RevocationStore:
-        """The store the web app, the CLI and the auth worker share."""
+    def connect(
+        cls, settings: AuthSettings, database: sessionmaker[Session] | None = None, **options: Any
+    ) -> RevocationStore:
+        """The store the web app and the auth worker use, on a Redis client of its own.
+
+        Every new connection asks the server for its ``run_id``, so a restart
+        or a failover is noticed before the connection answers a check.
+        """
+        server = ServerWatch()
         return cls(
-            client,
+            connect_redis(settings, redis_connect_func=server, **options),
             settings.redis_key_prefix,
             access_ttl=settings.access_token_ttl,
             leeway=settings.jwt_leeway_seconds,
+            database=database,
+            server=server,
         )
 
+    # -- keys ----------------------------------------------------------------
     def _jti(self, jti: str) -> str:
         return f"{self.prefix}revoked:jti:{jti}"
 
     def _sid(self, sid: str) -> str:
         return f"{self.prefix}revoked:sid:{sid}"
 
-    def _cutoff(self, user_id: str) -> str:
-        return f"{self.prefix}revoked_before:{user_id}"
-
-    def revoke_token(self, jti: str, exp: float) -> None:
+    # -- revoking ------------------------------------------------------------
+    def revoke_token(self, session: Session, jti: str, exp: float) -> None:
         """Kill one access token until it would have expired anyway."""
+        expires = datetime.fromtimestamp(exp + self.leeway, UTC)
+        insert_ignoring_conflict(session, RevokedToken, jti=jti, expires_at=expires)
         remaining = max(1, min(self.ttl, math.ceil(exp - time.time()) + self.leeway + 1))
         self.client.set(self._jti(jti), "1", ex=remaining)
 
-    def revoke_session(self, sid: str) -> None:
-        """Kill every access token of one session family."""
-        self.client.set(self._sid(sid), "1", ex=self.ttl)
+    def revoke_session(self, family: LoginSession, now: datetime) -> None:
+        """End one login session: its refresh tokens and every access token of it die."""
+        if family.revoked_at is None:
+            family.revoked_at = now
+        self.client.set(self._sid(family.id), "1", ex=self.ttl)
 
-    def revoke_user(self, user_id: str) -> int:
-        """Kill every access token of the user issued until now; return the cut-off epoch.
+    def revoke_user(self, session: Session, user: User) -> int:
+        """Kill every access token of ``user`` issued until now; return the cut-off epoch.
 
-        A second revocation in the same second moves the cut-off one further,
-        past the tokens issued right after the first (they carry its value).
+        One statement moves the cut-off to ``max(now + 1, previous + 1)``, so
+        it only moves forward, and two revocations in the same second both
+        count: the second moves it one further, past the tokens issued right
+        after the first (they carry its value).
         """
-        cutoff = self.client.eval(
-            _RAISE_CUTOFF, 1, self._cutoff(user_id), str(math.floor(time.time()) + 1), str(self.ttl)
-        )
+        floor = math.floor(time.time()) + 1
+        following = func.coalesce(User.revoked_before, 0) + 1
+        cutoff = session.scalars(
+            update(User)
+            .where(User.id == user.id)
+            .values(revoked_before=case((following > floor, following), else_=floor))
+            .returning(User.revoked_before)
+            .execution_options(synchronize_session=False)
+        ).one()
+        # Tokens issued next in this transaction must see it (see issued_at).
+        set_committed_value(user, "revoked_before", cutoff)
         return int(cast(int, cutoff))
 
-    def issued_at_for(self, user_id: str, now: float | None = None) -> int:
-        """The ``iat`` for a token issued now: never below the user's cut-off."""
-        issued = math.floor(time.time() if now is None else now)
-        # A synchronous client: the answer itself, never an awaitable.
-        cutoff = cast(bytes | None, self.client.get(self._cutoff(user_id)))
-        return max(issued, int(cutoff)) if cutoff is not None else issued
+    # -- checking ------------------------------------------------------------
+    def is_revoked(self, claims: dict[str, Any]) -> bool:
+        """Whether a verified access token's id or session was revoked.
 
-    def is_revoked(self, claims: dict) -> bool:
-        """Whether a verified access token was revoked by id, session or cut-off."""
-        pipe = self.client.pipeline()
-        pipe.exists(self._jti(str(claims["jti"])))
+        The per-user cut-off is the caller's to compare with ``iat``
+        (see :func:`issued_before_cutoff`).
+        """
         sid = claims.get("sid")
-        pipe.exists(self._sid(str(sid)) if sid else self._sid("-"))
-        pipe.get(self._cutoff(str(claims["sub"])))
-        jti_revoked, sid_revoked, cutoff = pipe.execute()
-        if jti_revoked or (sid and sid_revoked):
+        keys = [self._jti(str(claims["jti"]))] + ([self._sid(str(sid))] if sid else [])
+        pipe = self.client.pipeline()
+        pipe.get(self._marker)
+        pipe.exists(*keys)
+        marker, revoked = pipe.execute()
+        if not self._trusted(marker):
+            self.refill()
+            revoked = self.client.exists(*keys)
+        return bool(revoked)
+
+    def _trusted(self, marker: bytes | None) -> bool:
+        if self.database is None:
             return True
-        return cutoff is not None and claims["iat"] < int(cutoff)
+        if marker is None:
+            return False
+        return self.server.run_id is None or marker.decode() == self.server.run_id
+
+    # -- refilling -----------------------------------------------------------
+    def refill(self) -> None:
+        """Write every revocation that may still concern a live token back to Redis."""
+        if self.database is None:
+            return
+        with self._refilling:
+            now = utcnow()
+            with self.database() as session:
+                tokens = session.execute(
+                    select(RevokedToken.jti, RevokedToken.expires_at).where(
+                        RevokedToken.expires_at > now
+                    )
+                ).all()
+                sessions = session.execute(
+                    select(LoginSession.id, LoginSession.revoked_at).where(
+                        LoginSession.revoked_at > now - timedelta(seconds=self.ttl)
+                    )
+                ).all()
+            pipe = self.client.pipeline(transaction=False)
+            for jti, expires_at in tokens:
+                pipe.set(self._jti(jti), "1", ex=_seconds_until(expires_at, now))
+            for sid, revoked_at in sessions:
+                until = cast(datetime, revoked_at) + timedelta(seconds=self.ttl)
+                pipe.set(self._sid(sid), "1", ex=_seconds_until(until, now))
+            pipe.set(self._marker, self.server.run_id or "filled")
+            pipe.execute()
+        log.warning(
+            "revocations refilled from the database: %d tokens, %d sessions",
+            len(tokens),
+            len(sessions),
+        )
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    return max(1, math.ceil((moment - now).total_seconds()))
+
+
+def issued_at(user: User) -> int:
+    """The ``iat`` of a token issued to ``user`` now: never below the user's cut-off."""
+    return max(math.floor(time.time()), user.revoked_before or 0)
+
+
+def issued_before_cutoff(claims: dict[str, Any], user: User) -> bool:
+    """Whether the token was issued before the user's last revocation of everything."""
+    return user.revoked_before is not None and claims["iat"] < user.revoked_before

@@ -11,6 +11,7 @@ removes the account and revokes everything.
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +19,14 @@ from sqlalchemy.orm import Session
 
 from auth_app import accounts
 from auth_app.revocation import RevocationStore
-from common.events import USER_CREATED, USER_DELETED, USER_UPDATED, Envelope, EventType
+from common.events import (
+    USER_CREATED,
+    USER_DELETED,
+    USER_UPDATED,
+    Envelope,
+    EventType,
+    InvalidMessage,
+)
 
 
 def handle_user_created(envelopes: list[Envelope], session: Session) -> None:
@@ -31,28 +39,37 @@ def handle_user_created(envelopes: list[Envelope], session: Session) -> None:
 
 
 def handle_user_updated(
-    envelopes: list[Envelope], session: Session, revocation: RevocationStore
+    envelopes: list[Envelope],
+    session: Session,
+    revocation: RevocationStore,
+    roles: Collection[str],
 ) -> None:
-    """``user.updated``: an administrator changed ``is_active`` or ``roles``."""
+    """``user.updated``: an administrator changed ``is_active`` or ``roles``.
+
+    Applied unless a later change of the field won, and told back to the user
+    service (``user.sync`` ``updated``); a role name outside ``roles`` can
+    never apply.
+    """
     for envelope in envelopes:
         data = envelope.data
-        accounts.apply_admin_changes(
-            session, revocation, data["user_id"], data["changes"], envelope.occurred_at
-        )
+        try:
+            accounts.apply_admin_changes(
+                session, revocation, data["user_id"], data["changes"], envelope.occurred_at, roles
+            )
+        except accounts.InvalidRole as error:
+            raise InvalidMessage(str(error)) from None
 
 
-def handle_user_deleted(
-    envelopes: list[Envelope], session: Session, revocation: RevocationStore
-) -> None:
+def handle_user_deleted(envelopes: list[Envelope], session: Session) -> None:
     """``user.deleted``: an administrator deleted the user; the account goes too."""
     for envelope in envelopes:
-        accounts.delete_account_from_user_service(session, revocation, envelope.data["user_id"])
+        accounts.delete_account_from_user_service(session, envelope.data["user_id"])
 
 
-def handlers(revocation: RevocationStore) -> dict[EventType, Any]:
-    """The auth worker's handlers by event type, bound to the revocation store."""
+def handlers(revocation: RevocationStore, roles: Collection[str]) -> dict[EventType, Any]:
+    """The auth worker's handlers by event type, bound to the revocation store and ``ROLES``."""
     return {
         USER_CREATED: handle_user_created,
-        USER_UPDATED: functools.partial(handle_user_updated, revocation=revocation),
-        USER_DELETED: functools.partial(handle_user_deleted, revocation=revocation),
+        USER_UPDATED: functools.partial(handle_user_updated, revocation=revocation, roles=roles),
+        USER_DELETED: handle_user_deleted,
     }

@@ -9,18 +9,21 @@ take the database session and never commit: the view does.
 from __future__ import annotations
 
 import logging
+import math
+import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import jwt
 from sqlalchemy.orm import Session
 
-from auth_app import login_sessions
+from auth_app import announce, login_sessions
 from auth_app.config import AuthSettings
-from auth_app.login_sessions import InvalidRefreshToken, RefreshTokenReused
+from auth_app.login_sessions import EndedFamily, InvalidRefreshToken, RefreshTokenReused
 from auth_app.models import LoginSession, User
-from auth_app.revocation import RevocationStore
+from auth_app.revocation import RevocationStore, issued_at
 from common.db import utcnow
 from common.keys import KeyRing
 from common.tokens import ACCESS_TOKEN_TYPE, ALGORITHM
@@ -40,8 +43,11 @@ class TokenIssuer:
     revocation: RevocationStore
     settings: AuthSettings
 
-    def access_token(self, user: User, sid: str, issued_at: int) -> str:
-        """A signed access token for ``user`` in login session ``sid``, issued at ``issued_at``."""
+    def access_token(self, user: User, family: LoginSession, issued_at: int) -> str:
+        """A signed access token for ``user`` in login session ``family``, issued at ``issued_at``.
+
+        It expires ``ACCESS_TOKEN_EXPIRE_MINUTES`` later, or when its login ends if sooner.
+        """
         kid, private_key = self.keys.signing_key()
         settings = self.settings
         claims = {
@@ -50,9 +56,9 @@ class TokenIssuer:
             "sub": user.id,
             "client_id": settings.jwt_client_id,
             "iat": issued_at,
-            "exp": issued_at + settings.access_token_ttl,
+            "exp": min(issued_at + settings.access_token_ttl, _epoch(family.expires_at)),
             "jti": str(uuid.uuid4()),
-            "sid": sid,
+            "sid": family.id,
             "roles": list(user.roles),
             "email": user.email,
             "username": user.username,
@@ -73,36 +79,56 @@ class TokenIssuer:
         The access token's ``iat`` is never below the user's revocation
         cut-off, so a pair handed out right after a revocation survives it.
         """
+        settings = self.settings
         if family is None:
-            sid, refresh_token = login_sessions.start(
-                session, user.id, utcnow(), self.settings.refresh_token_ttl
+            family, refresh_token = login_sessions.start(
+                session, user.id, utcnow(), settings.refresh_token_ttl, settings.session_max_age
             )
-        else:
-            sid = family.id
-        issued_at = self.revocation.issued_at_for(user.id)
         return {
-            "access_token": self.access_token(user, sid, issued_at),
+            "access_token": self.access_token(user, family, issued_at(user)),
             "refresh_token": refresh_token,
             "token_type": "Bearer",
-            "expires_in": self.settings.access_token_ttl,
-            "refresh_expires_in": int(self.settings.refresh_token_ttl.total_seconds()),
+            "expires_in": settings.access_token_ttl,
+            "refresh_expires_in": int(settings.refresh_token_ttl.total_seconds()),
         }
+
+    def end_session(self, session: Session, family: LoginSession) -> None:
+        """End one login session here at once, and at the user service once it hears of it."""
+        now = utcnow()
+        self.revocation.revoke_session(family, now)
+        # Its tokens could live until they expire: the latest was issued just now.
+        until = min(time.time() + self.settings.access_token_ttl, _epoch(family.expires_at))
+        announce.session_revoked(session, family, until)
+
+
+def _epoch(moment: datetime) -> int:
+    return math.floor(moment.timestamp())
 
 
 def refresh(session: Session, issuer: TokenIssuer, refresh_token: str) -> dict[str, Any]:
     """A new pair of the same login session for a live refresh token; the presented one dies.
 
     Raises InvalidRefreshToken (unknown, expired, revoked, or the account is
-    gone or disabled), or RefreshTokenReused after revoking the whole family
-    (the caller commits then, so the revocation sticks though the refresh fails).
+    gone or disabled). A replay after the grace, or a login past its end,
+    ends the session first and raises RefreshTokenReused or SessionEnded: the
+    caller commits then, so the end sticks though the refresh fails.
     """
     try:
         family, new_token = login_sessions.rotate(
-            session, refresh_token, utcnow(), issuer.settings.refresh_token_ttl
+            session,
+            refresh_token,
+            utcnow(),
+            issuer.settings.refresh_token_ttl,
+            issuer.settings.refresh_reuse_grace,
         )
-    except RefreshTokenReused as error:
-        issuer.revocation.revoke_session(error.sid)
-        log.warning("refresh reuse detected user_id=%s sid=%s", error.user_id, error.sid)
+    except EndedFamily as error:
+        issuer.end_session(session, error.family)
+        if isinstance(error, RefreshTokenReused):
+            log.warning(
+                "refresh reuse detected user_id=%s sid=%s", error.family.user_id, error.family.id
+            )
+        else:
+            log.info("refresh refused reason=session_ended sid=%s", error.family.id)
         raise
     except InvalidRefreshToken as error:
         log.info("refresh refused reason=%s", str(error).replace(" ", "_"))
@@ -118,7 +144,7 @@ def refresh(session: Session, issuer: TokenIssuer, refresh_token: str) -> dict[s
 
 def logout(
     session: Session,
-    revocation: RevocationStore,
+    issuer: TokenIssuer,
     user: User,
     claims: dict[str, Any],
     refresh_token: str | None = None,
@@ -126,8 +152,8 @@ def logout(
     """End the login session of the access token (and of ``refresh_token``, if given).
 
     That session's refresh tokens and access tokens, and the presented access
-    token itself, die at once. Raises NotYourRefreshToken for a refresh token
-    of anyone else.
+    token itself, die here at once and at the user service once it hears of
+    it. Raises NotYourRefreshToken for a refresh token of anyone else.
     """
     families = []
     if refresh_token:
@@ -138,11 +164,9 @@ def logout(
     sid = claims.get("sid")
     if sid:
         family = session.get(LoginSession, sid)
-        if family is not None and family.user_id == user.id:
+        if family is not None and family.user_id == user.id and family not in families:
             families.append(family)
-    now = utcnow()
     for family in families:
-        login_sessions.revoke(session, family, now)
-        revocation.revoke_session(family.id)
-    revocation.revoke_token(claims["jti"], claims["exp"])
+        issuer.end_session(session, login_sessions.lock(session, family))
+    issuer.revocation.revoke_token(session, claims["jti"], claims["exp"])
     log.info("logout user_id=%s sid=%s", user.id, sid or "-")

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, NoReturn, ParamSpec, TypeVar, overload
 from urllib.parse import quote
 
+from common.fields import ROLE_NAME, ROLE_NAME_ERROR
+
 T = TypeVar("T")
 P = ParamSpec("P")
 N = TypeVar("N", int, float)
@@ -229,6 +231,7 @@ def redis_url(env: Env, prefix: str = "AUTH") -> str:
 
 
 DEFAULT_ISSUER = "http://127.0.0.1:5001"
+DEFAULT_ROLES = ("user", "admin")
 DEFAULT_AUDIENCE = "user-service"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -250,6 +253,8 @@ class WebSettings:
     log_level: str = "INFO"
     log_format: str = "json"
     max_content_length: int = 64 * 1024
+    #: The role names there are (``ROLES``); ``user`` is every account's, ``admin`` administers.
+    roles: tuple[str, ...] = DEFAULT_ROLES
     # Tests on in-memory SQLite: create the tables from the models (Alembic owns them otherwise).
     create_schema: bool = False
     #: Seconds an access token lives.
@@ -307,7 +312,20 @@ def web_settings_values(env: Env, *, leeway_minimum: int, access_maximum: int | 
         "cors_origins": tuple(env.list("CORS_ORIGINS")),
         "log_level": env.choice("LOG_LEVEL", "info", LOG_LEVELS).upper(),
         "log_format": env.choice("LOG_FORMAT", "json", ("json", "text")),
+        "roles": role_names(env),
     }
+
+
+def role_names(env: Env) -> tuple[str, ...]:
+    """``ROLES``: comma-separated role names, ``user`` and ``admin`` among them."""
+    names = tuple(dict.fromkeys(env.list("ROLES"))) or DEFAULT_ROLES
+    for name in names:
+        if not ROLE_NAME.match(name):
+            raise ConfigError(f"ROLES: {name!r} is not a role name ({ROLE_NAME_ERROR})")
+    missing = [name for name in DEFAULT_ROLES if name not in names]
+    if missing:
+        raise ConfigError(f"ROLES must include {' and '.join(missing)}")
+    return names
 
 
 def build_settings(

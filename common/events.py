@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from common.fields import MAX_ROLES, EpochSeconds, RoleName, StrictBoolean, UserId
+from common.fields import MAX_ROLES, EpochSeconds, RoleName, StrictBoolean, UuidString
 
 ENVELOPE_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -107,7 +107,7 @@ class ByField:
 
 
 class _SyncData(_Payload):
-    user_id = UserId(required=True)
+    user_id = UuidString(required=True)
     action = fields.String(required=True)
 
 
@@ -118,7 +118,32 @@ class UserSyncCreated(_SyncData):
     username = fields.String(required=True, validate=validate.Length(min=1, max=64))
     roles = fields.List(RoleName(), validate=validate.Length(max=MAX_ROLES))
     is_active = StrictBoolean()
+    email_verified = StrictBoolean()
     created_at = fields.AwareDateTime(default_timezone=UTC)
+
+
+class AccountChanges(Schema):
+    """What changed of an account at the auth service: any of its one-truth fields."""
+
+    class Meta:
+        # A change of anything else cannot be applied by the user service.
+        unknown = RAISE
+
+    email = fields.String(validate=validate.Length(min=1, max=320))
+    email_verified = StrictBoolean()
+    roles = fields.List(RoleName(), validate=validate.Length(max=MAX_ROLES))
+    is_active = StrictBoolean()
+
+    @validates_schema
+    def _not_empty(self, data: dict, **_kwargs: Any) -> None:
+        if not data:
+            raise ValidationError("changes must name at least one field")
+
+
+class UserSyncUpdated(_SyncData):
+    """``user.sync`` ``updated``: roles, activity or email changed, at the envelope's time."""
+
+    changes = fields.Nested(AccountChanges, required=True)
 
 
 class UserSyncDeleted(_SyncData):
@@ -131,13 +156,25 @@ class UserSyncSessionsRevoked(_SyncData):
     revoked_before = EpochSeconds(required=True)
 
 
+class UserSyncSessionRevoked(_SyncData):
+    """``user.sync`` ``session_revoked``: one login session ended.
+
+    Its access tokens (``sid`` claim) are dead; they could live until ``expires_at``.
+    """
+
+    session_id = UuidString(required=True)
+    expires_at = EpochSeconds(required=True)
+
+
 #: ``user.sync``: what the auth service tells the user service about an account, by ``action``.
 UserSyncData = ByField(
     "action",
     {
         "created": UserSyncCreated(),
+        "updated": UserSyncUpdated(),
         "deleted": UserSyncDeleted(),
         "sessions_revoked": UserSyncSessionsRevoked(),
+        "session_revoked": UserSyncSessionRevoked(),
     },
 )
 
@@ -145,7 +182,7 @@ UserSyncData = ByField(
 class UserCreatedData(_Payload):
     """``user.created``: the user service holds a profile for the account."""
 
-    user_id = UserId(required=True)
+    user_id = UuidString(required=True)
     profile_created_at = fields.AwareDateTime(required=True, default_timezone=UTC)
 
 
@@ -168,14 +205,14 @@ class AdminChanges(Schema):
 class UserUpdatedData(_Payload):
     """``user.updated``: an administrator changed a user at the user service."""
 
-    user_id = UserId(required=True)
+    user_id = UuidString(required=True)
     changes = fields.Nested(AdminChanges, required=True)
 
 
 class UserDeletedData(_Payload):
     """``user.deleted``: an administrator deleted a user at the user service."""
 
-    user_id = UserId(required=True)
+    user_id = UuidString(required=True)
 
 
 # -- the catalogue --------------------------------------------------------------

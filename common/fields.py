@@ -19,8 +19,11 @@ ROLE_NAME_ERROR = "Role names are 1-32 of a-z, 0-9, _ and -, starting with a let
 MAX_ROLES = 20
 
 
-def canonical_user_id(value: object) -> str | None:
-    """The canonical (lower-case, hyphenated) form of a UUID string, or None if it is not one."""
+def canonical_id(value: object) -> str | None:
+    """The canonical (lower-case, hyphenated) form of a UUID string, or None if it is not one.
+
+    User ids and session ids are such strings.
+    """
     if not isinstance(value, str) or len(value) > 36:
         return None
     try:
@@ -38,13 +41,13 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
-class UserId(fields.String):
-    """A user id: a UUID string (at most 36 characters), loaded in its canonical form."""
+class UuidString(fields.String):
+    """A user or session id: a UUID string (at most 36 characters), loaded canonical."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        user_id = canonical_user_id(value)
+        user_id = canonical_id(value)
         if user_id is None:
-            raise ValidationError("Not a valid user id (a UUID string).")
+            raise ValidationError("Not a valid id (a UUID string).")
         return user_id
 
 

@@ -66,9 +66,11 @@ def emit(
     event_type: EventType,
     data: Mapping[str, Any],
     correlation_id: str | None = None,
+    occurred_at: datetime | None = None,
 ) -> Envelope:
     """Write one event to the outbox in the caller's transaction: :func:`emit_all` of one."""
-    return emit_all(session, outbox_model, event_type, [(data, correlation_id)])[0]
+    events = [(data, correlation_id)]
+    return emit_all(session, outbox_model, event_type, events, occurred_at=occurred_at)[0]
 
 
 def emit_all(
@@ -76,18 +78,22 @@ def emit_all(
     outbox_model: OutboxModel,
     event_type: EventType,
     events: Sequence[tuple[Mapping[str, Any], str | None]],
+    *,
+    occurred_at: datetime | None = None,
 ) -> list[Envelope]:
     """Write events of one type, ``(data, correlation_id)`` each, to the outbox, in order.
 
     In the caller's transaction (the caller commits), with one multi-row
     insert. Each ``data`` goes through the event type's schema, so nothing is
     written that its consumer would refuse (ValueError). A correlation id of
-    None becomes the current request's id. On PostgreSQL a NOTIFY, delivered
-    only at commit, wakes the relay at once.
+    None becomes the current request's id. ``occurred_at`` is when the events
+    happened, now unless told otherwise (a change reported by the side it
+    reached last keeps the time it was made). On PostgreSQL a NOTIFY,
+    delivered only at commit, wakes the relay at once.
     """
     request_id = request_id_var.get()
     envelopes = [
-        event_type.make(data, request_id if correlation_id is None else correlation_id)
+        event_type.make(data, request_id if correlation_id is None else correlation_id, occurred_at)
         for data, correlation_id in events
     ]
     if not envelopes:

@@ -10,34 +10,50 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import g
+from sqlalchemy import ColumnElement, exists, false, select
 from sqlalchemy.orm import Session
 
 from common.auth import AccountDisabled
-from common.fields import canonical_user_id
+from common.fields import canonical_id
 from common.flask_db import get_session
 from common.tokens import InvalidToken
-from user_app.models import PendingRevocation, Profile
+from user_app.models import PendingRevocation, Profile, RevokedSession
 from user_app.profiles import is_deleted
 
 
 @dataclass(frozen=True)
 class AccessState:
-    """What the user service knows about a token's subject."""
+    """What the user service knows about a token's subject and its login session."""
 
     profile: Profile | None
     deleted: bool
     tokens_valid_after: float | None
+    session_revoked: bool = False
 
 
-def access_state(session: Session, user_id: str) -> AccessState:
-    """The profile, deletion and revocation state that decide whether a token still works."""
-    profile = session.get(Profile, user_id)
-    if profile is not None:
-        return AccessState(profile, False, profile.tokens_valid_after)
+def _revoked(sid: str | None) -> ColumnElement[bool]:
+    if not sid:
+        return false()
+    return exists().where(RevokedSession.session_id == sid)
+
+
+def access_state(session: Session, user_id: str, sid: str | None = None) -> AccessState:
+    """The profile, deletion and revocation state that decide whether a token still works.
+
+    For a user with a profile, the common case, one statement reads the
+    profile and whether login session ``sid`` was revoked.
+    """
+    row = session.execute(
+        select(Profile, _revoked(sid).label("session_revoked")).where(Profile.id == user_id)
+    ).first()
+    if row is not None:
+        profile = row[0]
+        return AccessState(profile, False, profile.tokens_valid_after, bool(row[1]))
     if is_deleted(session, user_id):
         return AccessState(None, True, None)
     pending = session.get(PendingRevocation, user_id)
-    return AccessState(None, False, pending.revoked_before if pending else None)
+    revoked = bool(session.scalar(select(_revoked(sid)))) if sid else False
+    return AccessState(None, False, pending.revoked_before if pending else None, revoked)
 
 
 def token_revoked(iat: float, tokens_valid_after: float | None) -> bool:
@@ -70,20 +86,22 @@ def effective_roles(profile: Profile | None, token_roles: list[str]) -> list[str
 def check_account(claims: dict[str, Any]) -> dict[str, Any]:
     """Refuse tokens of deleted, signed-out or disabled users; return the effective roles.
 
-    A deleted user or a token issued no later than the user's last session
-    revocation (see :func:`token_revoked`) gets 401; a deactivated user 403.
+    A deleted user, a token issued no later than the user's last revocation of
+    every session (see :func:`token_revoked`) or a token of a login session
+    that ended gets 401; a deactivated user 403.
     """
-    user_id = canonical_user_id(claims["sub"])
+    user_id = canonical_id(claims["sub"])
     if user_id is None or user_id != claims["sub"]:
         raise InvalidToken("invalid claim sub")
-    state = access_state(get_session(), user_id)
+    sid = claims.get("sid")
+    state = access_state(get_session(), user_id, sid if isinstance(sid, str) else None)
     # The view reads the same row: keep it for the request, so it is not read twice.
     # (The session's identity map holds rows weakly, so without this reference
     # the object is gone by the time the view asks for it again.)
     g.account_profile = state.profile
     if state.deleted:
         raise InvalidToken("account deleted")
-    if token_revoked(claims["iat"], state.tokens_valid_after):
+    if state.session_revoked or token_revoked(claims["iat"], state.tokens_valid_after):
         raise InvalidToken("token revoked")
     if state.profile is not None and not state.profile.is_active:
         raise AccountDisabled("Account disabled")

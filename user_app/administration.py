@@ -7,7 +7,7 @@ transaction as the change.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -18,6 +18,8 @@ from common.events import USER_DELETED, USER_UPDATED
 from common.outbox import emit
 from user_app.models import OutboxEvent, Profile
 from user_app.profiles import clean_roles, leave_tombstone, update_own_profile
+
+ADMIN = "admin"
 
 
 def _escape_like(text: str) -> str:
@@ -65,11 +67,40 @@ def search_profiles(
     return total, list(page)
 
 
-def update_profile(session: Session, profile: Profile, changes: Mapping[str, Any]) -> dict:
-    """Apply an administrator's edits; emit ``user.updated`` if is_active or roles changed.
+class UnknownRoles(ValueError):
+    """Role names that are not among ``ROLES``."""
 
-    Returns the changes reported to the auth service (empty when none).
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(", ".join(names))
+        self.names = names
+
+
+class SelfLockout(Exception):
+    """An administrator tried to take ``admin`` from itself or deactivate itself."""
+
+
+def update_profile(
+    session: Session,
+    profile: Profile,
+    changes: Mapping[str, Any],
+    *,
+    by: str,
+    roles: Collection[str],
+) -> dict:
+    """Apply the edits of administrator ``by``; emit ``user.updated`` if is_active or roles changed.
+
+    Role names must be among ``roles`` (UnknownRoles); an administrator may not
+    take ``admin`` from itself or deactivate itself (SelfLockout), so there is
+    always one who can undo a mistake. Nothing is changed when either is
+    raised. Returns the changes reported to the auth service (empty when none).
     """
+    unknown = [role for role in changes.get("roles", ()) if role not in roles]
+    if unknown:
+        raise UnknownRoles(unknown)
+    if profile.id == by and (
+        changes.get("is_active") is False or ("roles" in changes and ADMIN not in changes["roles"])
+    ):
+        raise SelfLockout()
     update_own_profile(profile, changes)
     now = utcnow()
     reported: dict[str, Any] = {}

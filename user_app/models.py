@@ -20,9 +20,11 @@ class Base(DeclarativeBase):
 class Profile(Base):
     """A user's profile; ``id`` is the auth service's user id (the token's ``sub``).
 
-    ``roles_changed_at`` and ``active_changed_at`` record when an administrator
-    here last set those fields, so that a ``created`` sync arriving later with
-    an older timestamp does not undo the administrator's decision.
+    Roles, activity and email have one truth, the auth service's, and either
+    side may change them. ``roles_changed_at``, ``active_changed_at`` and
+    ``synced_at`` (email) record when each last changed, here or there, so a
+    change that happened earlier never undoes a later one, in whatever order
+    they arrive.
     """
 
     __tablename__ = "profiles"
@@ -36,11 +38,12 @@ class Profile(Base):
     avatar_url: Mapped[str | None] = mapped_column(String(2048))
     roles: Mapped[list[str]] = mapped_column(JSON, default=list)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    email_verified: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     # Epoch seconds: access tokens with iat < this value are refused.
     tokens_valid_after: Mapped[float | None] = mapped_column(Double)
-    # occurred_at of the last `created` sync merged into this row.
+    # occurred_at of the last sync that set the email (and, at creation, the username).
     synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     roles_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     active_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -65,6 +68,19 @@ class PendingRevocation(Base):
 
     user_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     revoked_before: Mapped[float] = mapped_column(Double)
+
+
+class RevokedSession(Base):
+    """A login session the auth service ended: access tokens with its ``sid`` are refused.
+
+    Kept until its tokens have expired (``expires_at``, epoch seconds), then forgotten.
+    """
+
+    __tablename__ = "revoked_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(36), index=True)
+    expires_at: Mapped[float] = mapped_column(Double, index=True)
 
 
 class OutboxEvent(OutboxMixin, Base):

@@ -77,6 +77,7 @@ def ensure_profile(session: Session, claims: Mapping[str, Any]) -> Profile | Non
         username=_claim_str(claims, "username", 64),
         roles=clean_roles(roles) if isinstance(roles, list) else [],
         is_active=True,
+        email_verified=claims.get("email_verified") is True,
         created_at=now,
         updated_at=now,
     )

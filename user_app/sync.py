@@ -2,16 +2,23 @@
 
 The user worker hands :func:`handle_user_sync` the messages it took from the
 queue, a list of one or many, their data already loaded by the catalogue's
-schema (:data:`common.events.USER_SYNC`). ``created`` creates or merges the
-profile and answers ``user.created`` through the outbox in the same
-transaction; ``deleted`` removes the profile and leaves a tombstone;
-``sessions_revoked`` stores the time before which the user's tokens are dead.
+schema (:data:`common.events.USER_SYNC`), by action:
+
+- ``created`` creates or merges the profile and answers ``user.created``
+  through the outbox in the same transaction;
+- ``updated`` applies roles, activity or email changed at the auth service,
+  each unless a later change of it was made here;
+- ``deleted`` removes the profile and leaves a tombstone;
+- ``sessions_revoked`` stores the time before which the user's tokens are dead;
+- ``session_revoked`` refuses the tokens of one login session until they expire.
+
 Each is idempotent and safe to receive late or out of order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,10 +27,15 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from common.db import dialect_insert, insert_ignoring_conflict, utcnow
-from common.events import USER_CREATED, USER_SYNC, Envelope, EventType
+from common.events import USER_CREATED, USER_SYNC, Envelope, EventType, InvalidMessage
 from common.outbox import emit_all
-from user_app.models import OutboxEvent, PendingRevocation, Profile, Tombstone
+from user_app.config import UserSettings
+from user_app.models import OutboxEvent, PendingRevocation, Profile, RevokedSession, Tombstone
 from user_app.profiles import fold_pending_revocation, is_deleted, leave_tombstone
+
+# A revoked session is forgotten this long after its tokens expired: longer
+# than any clock leeway a token is checked with.
+FORGET_AFTER_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ def _created(data: dict[str, Any], occurred: datetime) -> _Created:
         "username": data["username"],
         "roles": list(dict.fromkeys(data.get("roles", []))),
         "is_active": data.get("is_active", True),
+        "email_verified": data.get("email_verified", False),
     }
     now = utcnow()
     # The account's own creation time, when the sync carries it: the profile
@@ -115,6 +128,7 @@ def _merge_created(session: Session, event: _Created) -> Profile | None:
     if profile.synced_at is None or profile.synced_at <= occurred:
         profile.email = fields["email"]
         profile.username = fields["username"]
+        profile.email_verified = fields["email_verified"]
         profile.synced_at = occurred
     if profile.roles_changed_at is None or profile.roles_changed_at < occurred:
         if list(profile.roles) != fields["roles"]:
@@ -158,6 +172,84 @@ def apply_sessions_revoked(session: Session, user_id: str, revoked_before: float
     )
 
 
+def _profile_for_change(session: Session, user_id: str) -> Profile | None:
+    """The profile a change applies to; made empty if the ``created`` sync is still on its way.
+
+    The ``created`` sync merges into it later and, its times being older,
+    keeps what the change set. None for a deleted user.
+    """
+    profile = session.get(Profile, user_id)
+    if profile is not None or is_deleted(session, user_id):
+        return profile
+    now = utcnow()
+    insert_ignoring_conflict(
+        session,
+        Profile,
+        id=user_id,
+        email="",
+        username="",
+        roles=[],
+        created_at=now,
+        updated_at=now,
+    )
+    profile = session.get(Profile, user_id, populate_existing=True)
+    if profile is not None:
+        fold_pending_revocation(session, profile)
+    return profile
+
+
+def apply_user_updated(
+    session: Session, user_id: str, changes: dict[str, Any], occurred_at: datetime
+) -> None:
+    """Apply roles, activity or email changed at the auth service at ``occurred_at``.
+
+    Each field changes only if it last changed earlier (here or there), so an
+    administrator's later decision here, or a later change there that
+    overtook this message, is never undone.
+    """
+    profile = _profile_for_change(session, user_id)
+    if profile is None:
+        return
+    if "roles" in changes and _newer(occurred_at, profile.roles_changed_at):
+        profile.roles = list(dict.fromkeys(changes["roles"]))
+        profile.roles_changed_at = occurred_at
+    if "is_active" in changes and _newer(occurred_at, profile.active_changed_at):
+        profile.is_active = changes["is_active"]
+        profile.active_changed_at = occurred_at
+    if ("email" in changes or "email_verified" in changes) and _newer(
+        occurred_at, profile.synced_at
+    ):
+        if "email" in changes:
+            profile.email = changes["email"].lower()
+        if "email_verified" in changes:
+            profile.email_verified = changes["email_verified"]
+        profile.synced_at = occurred_at
+
+
+def _newer(at: datetime, last: datetime | None) -> bool:
+    return last is None or at > last
+
+
+def apply_session_revoked(
+    session: Session, user_id: str, session_id: str, expires_at: float
+) -> None:
+    """Refuse access tokens of login session ``session_id`` until they expire (``expires_at``).
+
+    The user's entries whose tokens are long expired are forgotten on the way.
+    """
+    if is_deleted(session, user_id):
+        return
+    insert_ignoring_conflict(
+        session, RevokedSession, session_id=session_id, user_id=user_id, expires_at=expires_at
+    )
+    session.execute(
+        delete(RevokedSession).where(
+            RevokedSession.user_id == user_id,
+            RevokedSession.expires_at < time.time() - FORGET_AFTER_SECONDS,
+        )
+    )
+
+
 def _each_user_once(envelopes: list[Envelope]) -> Iterator[list[Envelope]]:
     """The messages in order, cut wherever a user comes again.
 
@@ -191,11 +283,39 @@ def handle_user_sync(envelopes: list[Envelope], session: Session) -> None:
         emit_all(session, OutboxEvent, USER_CREATED, answers)
         for envelope in run:
             data = envelope.data
-            if data["action"] == "deleted":
+            action = data["action"]
+            if action == "updated":
+                apply_user_updated(session, data["user_id"], data["changes"], envelope.occurred_at)
+            elif action == "deleted":
                 apply_user_deleted(session, data["user_id"], envelope.occurred_at)
-            elif data["action"] == "sessions_revoked":
+            elif action == "sessions_revoked":
                 apply_sessions_revoked(session, data["user_id"], data["revoked_before"])
+            elif action == "session_revoked":
+                apply_session_revoked(
+                    session, data["user_id"], data["session_id"], data["expires_at"]
+                )
 
 
 #: The user worker's handlers, by event type.
 HANDLERS: dict[EventType, Any] = {USER_SYNC: handle_user_sync}
+
+
+def future_times(settings: UserSettings) -> Callable[[Envelope], None]:
+    """The user worker's rule for the times a sync carries: none further ahead than can be.
+
+    A cut-off (``revoked_before``) is at most a second ahead of its event, and a
+    session's tokens live at most ``ACCESS_TOKEN_EXPIRE_MINUTES``; either
+    further ahead than that plus the clock leeway would refuse tokens nobody
+    revoked, so the message can never apply (InvalidMessage).
+    """
+    leeway = settings.jwt_leeway_seconds
+
+    def check(envelope: Envelope) -> None:
+        data = envelope.data
+        now = time.time()
+        if data.get("revoked_before", 0) > now + 1 + leeway:
+            raise InvalidMessage("revoked_before is in the future")
+        if data.get("expires_at", 0) > now + settings.access_token_ttl + leeway:
+            raise InvalidMessage("expires_at is further ahead than a token lives")
+
+    return check

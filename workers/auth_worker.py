@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from auth_app.config import AuthSettings, load_settings
 from auth_app.models import ProcessedMessage
-from auth_app.revocation import RevocationStore, connect_redis
+from auth_app.revocation import RevocationStore
 from auth_app.sync import handlers
 from common.config import exit_on_config_error
 from workers.consumer import Consumer
@@ -20,22 +20,30 @@ from workers.settings import BrokerSettings, start_worker
 
 
 def revocation_store(settings: AuthSettings) -> RevocationStore:
-    """The same Redis revocation store the auth web app uses."""
-    return RevocationStore.for_settings(connect_redis(settings, health_check_interval=30), settings)
+    """The same revocation store the auth web app uses (this worker only revokes)."""
+    return RevocationStore.connect(settings, health_check_interval=30)
 
 
 def build_consumer(
-    engine: Engine, settings: BrokerSettings, revocation: RevocationStore
+    engine: Engine, broker: BrokerSettings, revocation: RevocationStore, settings: AuthSettings
 ) -> Consumer:
     """The auth worker's consumer over the auth database ``engine``."""
-    return Consumer("auth_worker", handlers(revocation), engine, ProcessedMessage, settings)
+    return Consumer(
+        "auth_worker",
+        handlers(revocation, settings.roles),
+        engine,
+        ProcessedMessage,
+        broker,
+        leeway=settings.jwt_leeway_seconds,
+        sender=broker.user_broker_user,
+    )
 
 
 @exit_on_config_error
 def main() -> int:
     """Entry point: consume until SIGTERM."""
     broker, settings, engine = start_worker(load_settings)
-    return build_consumer(engine, broker, revocation_store(settings)).run()
+    return build_consumer(engine, broker, revocation_store(settings), settings).run()
 
 
 if __name__ == "__main__":

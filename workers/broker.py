@@ -54,6 +54,11 @@ def connection_parameters(settings: BrokerSettings, name: str) -> pika.URLParame
     return params
 
 
+def broker_user(settings: BrokerSettings) -> str:
+    """The broker user the worker connects as."""
+    return str(pika.URLParameters(settings.url).credentials.username)
+
+
 def connect(settings: BrokerSettings, name: str) -> pika.BlockingConnection:
     """One blocking connection with heartbeats, named for the management UI."""
     return pika.BlockingConnection(connection_parameters(settings, name))

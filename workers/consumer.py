@@ -25,6 +25,7 @@ Failures, by kind:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -67,6 +68,12 @@ class Consumer:
     ``handlers`` maps event types to the functions that apply them. The queue
     is the one the catalogue routes those types to, and the handlers must
     cover every type it routes there.
+
+    A message is refused as one that can never apply when ``sender`` is set
+    and its AMQP ``user_id`` (the broker user that published it, which
+    RabbitMQ vouches for) is another, when it happened more than ``leeway``
+    seconds in the future, or when ``check`` (the consuming app's own rule
+    for its data) raises InvalidMessage.
     """
 
     name: str
@@ -75,6 +82,9 @@ class Consumer:
     processed_model: ProcessedMessageModel
     settings: BrokerSettings
     stopper: Stopper = field(default_factory=Stopper)
+    leeway: float = 10.0
+    sender: str | None = None
+    check: Callable[[Envelope], None] | None = None
     queue: str = field(init=False)
     session_factory: sessionmaker[Session] = field(init=False)
 
@@ -93,13 +103,22 @@ class Consumer:
         self.session_factory = sessionmaker(self.engine, expire_on_commit=False)
 
     # -- applying ------------------------------------------------------------
-    def accept(self, body: bytes) -> Envelope:
+    def accept(self, body: bytes, properties: Any = None) -> Envelope:
         """The message's envelope with its data loaded; InvalidMessage if it can never apply."""
+        if self.sender is not None:
+            sent_by = getattr(properties, "user_id", None)
+            if sent_by != self.sender:
+                raise InvalidMessage(f"sent by {sent_by!r}, not by {self.sender!r}")
         envelope = parse_envelope(body)
         event_type = self._types.get(envelope.type)
         if event_type is None:
             raise InvalidMessage(f"unknown message type {envelope.type!r}")
-        return event_type.accept(envelope)
+        if envelope.occurred_at.timestamp() > time.time() + self.leeway:
+            raise InvalidMessage(f"occurred_at {envelope.occurred_at.isoformat()} is in the future")
+        envelope = event_type.accept(envelope)
+        if self.check is not None:
+            self.check(envelope)
+        return envelope
 
     def apply(self, envelopes: list[Envelope]) -> list[str]:
         """Apply the messages in order in one transaction: ``applied`` or ``duplicate`` each.
@@ -178,7 +197,7 @@ class Consumer:
         self, channel: BlockingChannel, method: Any, properties: Any, body: bytes
     ) -> Delivery | None:
         try:
-            return Delivery(method.delivery_tag, properties, self.accept(body))
+            return Delivery(method.delivery_tag, properties, self.accept(body, properties))
         except InvalidMessage as error:
             log.error(
                 "dead-lettering message %s: %s", getattr(properties, "message_id", None), error

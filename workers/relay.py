@@ -41,6 +41,7 @@ from user_app.models import OutboxEvent as UserOutbox
 from workers.broker import (
     CONNECTION_ERRORS,
     Stopper,
+    broker_user,
     close_quietly,
     connect,
     declare_exchanges,
@@ -70,6 +71,9 @@ class Relay:
     def __post_init__(self) -> None:
         self.postgres = self.engine.dialect.name == "postgresql"
         self._listener: PoolProxiedConnection | None = None
+        # RabbitMQ refuses a user_id other than the connection's own user:
+        # consumers can trust it to name who published.
+        self.sender = broker_user(self.settings)
 
     # -- publishing ----------------------------------------------------------
     def publish_batch(self, publisher: ConfirmingPublisher) -> tuple[int, bool]:
@@ -102,7 +106,12 @@ class Relay:
                 return 0, False
             answer = publisher.publish(
                 [
-                    Message(row.exchange, row.routing_key, row.body.encode(), _properties(row))
+                    Message(
+                        row.exchange,
+                        row.routing_key,
+                        row.body.encode(),
+                        _properties(row, self.sender),
+                    )
                     for row in rows
                 ]
             )
@@ -221,10 +230,11 @@ class Relay:
         return 0
 
 
-def _properties(row: Row) -> pika.BasicProperties:
-    """The contract's AMQP properties of an outbox row, from its columns."""
+def _properties(row: Row, sender: str) -> pika.BasicProperties:
+    """The AMQP properties of an outbox row (from its columns), published as ``sender``."""
     return pika.BasicProperties(
         message_id=row.message_id,
+        user_id=sender,
         type=row.routing_key,
         content_type="application/json",
         delivery_mode=pika.DeliveryMode.Persistent,

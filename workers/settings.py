@@ -21,6 +21,9 @@ class BrokerSettings:
     max_tries: int = 5
     prefetch: int = 100
     heartbeat: int = 30
+    # The broker users the services publish as; when set, a consumer refuses any other sender.
+    auth_broker_user: str | None = None
+    user_broker_user: str | None = None
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> BrokerSettings:
@@ -32,6 +35,8 @@ class BrokerSettings:
             max_tries=env.int("WORKER_MAX_TRIES", 5, minimum=1, maximum=100),
             prefetch=env.int("WORKER_PREFETCH", 100, minimum=1, maximum=1000),
             heartbeat=env.int("RABBITMQ_HEARTBEAT", 30, minimum=0, maximum=600),
+            auth_broker_user=env.str("AUTH_BROKER_USER"),
+            user_broker_user=env.str("USER_BROKER_USER"),
         )
 
 

@@ -11,23 +11,32 @@ import sys
 from sqlalchemy.engine import Engine
 
 from common.config import exit_on_config_error
-from user_app.config import load_settings
+from user_app.config import UserSettings, load_settings
 from user_app.models import ProcessedMessage
-from user_app.sync import HANDLERS
+from user_app.sync import HANDLERS, future_times
 from workers.consumer import Consumer
 from workers.settings import BrokerSettings, start_worker
 
 
-def build_consumer(engine: Engine, settings: BrokerSettings) -> Consumer:
+def build_consumer(engine: Engine, broker: BrokerSettings, settings: UserSettings) -> Consumer:
     """The user worker's consumer over the user database ``engine``."""
-    return Consumer("user_worker", HANDLERS, engine, ProcessedMessage, settings)
+    return Consumer(
+        "user_worker",
+        HANDLERS,
+        engine,
+        ProcessedMessage,
+        broker,
+        leeway=settings.jwt_leeway_seconds,
+        sender=broker.auth_broker_user,
+        check=future_times(settings),
+    )
 
 
 @exit_on_config_error
 def main() -> int:
     """Entry point: consume until SIGTERM."""
-    broker, _settings, engine = start_worker(load_settings)
-    return build_consumer(engine, broker).run()
+    broker, settings, engine = start_worker(load_settings)
+    return build_consumer(engine, broker, settings).run()
 
 
 if __name__ == "__main__":

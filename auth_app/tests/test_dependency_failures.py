@@ -123,7 +123,7 @@ def test_with_redis_on_a_closed_port_every_redis_need_answers_503(make_app):
 
 
 def test_redis_stopping_and_returning(make_app, redis_server):
-    app = make_app(REDIS_URL=redis_server.url, LOG_LEVEL="critical")
+    app = make_app(REDIS_URL=redis_server.url, LOG_LEVEL="critical", REFRESH_REUSE_GRACE_SECONDS=0)
     client = app.test_client()
     body = {"email": "flaky@example.com", "username": "flaky_user", "password": PASSWORD}
     assert client.post("/api/v1/auth/register", json=body).status_code == 201
@@ -140,8 +140,12 @@ def test_redis_stopping_and_returning(make_app, redis_server):
         assert response.status_code == 503
         assert response.json["message"] == "Token revocation state unavailable (Redis)"
     assert login(client, body["email"]).status_code == 503
-    refused = client.post("/api/v1/auth/refresh", json={"refresh_token": live["refresh_token"]})
-    assert refused.status_code == 503
+    # A refresh needs only the database, and goes on working...
+    refreshed = client.post("/api/v1/auth/refresh", json={"refresh_token": live["refresh_token"]})
+    assert refreshed.status_code == 200
+    # ...but a replay must end its session in Redis too: 503, and nothing is ended.
+    replay = client.post("/api/v1/auth/refresh", json={"refresh_token": live["refresh_token"]})
+    assert replay.status_code == 503
     introspect = client.post("/api/v1/auth/introspect", json={"token": revoked["access_token"]})
     assert introspect.status_code == 503
     ready = client.get("/health/ready")
@@ -152,9 +156,12 @@ def test_redis_stopping_and_returning(make_app, redis_server):
     assert client.get("/health/ready").status_code == 200
     assert client.get("/api/v1/auth/me", headers=bearer(revoked["access_token"])).status_code == 401
     assert client.get("/api/v1/auth/me", headers=bearer(live["access_token"])).status_code == 200
-    # The refresh refused during the outage did not rotate the token.
+    new = refreshed.json
+    assert client.get("/api/v1/auth/me", headers=bearer(new["access_token"])).status_code == 200
+    # The replay refused during the outage is a replay still: now it ends the session.
     again = client.post("/api/v1/auth/refresh", json={"refresh_token": live["refresh_token"]})
-    assert again.status_code == 200
+    assert again.status_code == 401
+    assert client.get("/api/v1/auth/me", headers=bearer(new["access_token"])).status_code == 401
     assert login(client, body["email"]).status_code == 200
 
 

@@ -12,11 +12,14 @@ from sqlalchemy.orm import sessionmaker
 from auth_app import accounts, login_sessions
 from auth_app.models import Base, LoginSession, User
 from auth_app.passwords import PasswordHasher
-from auth_app.revocation import RevocationStore
+from auth_app.revocation import RevocationStore, issued_at, issued_before_cutoff
 from auth_app.tests.conftest import PASSWORD, bearer
 from common.db import make_engine, utcnow
 from common.events import USER_UPDATED
 from tests.support.events import raw_envelope
+
+MAX_AGE = timedelta(days=90)
+ROLES = ("user", "admin")
 
 
 @pytest.fixture
@@ -77,28 +80,31 @@ def test_mark_many_provisioned_sets_each_time_once(db, user):
     assert db.get(User, other.id).provisioned_at == later
 
 
+def change(db, store, user_id, changes, at):
+    return accounts.apply_admin_changes(db, store, user_id, changes, at, ROLES)
+
+
 def test_admin_changes_apply_in_order_and_stale_ones_are_ignored(db, store, user):
     now = utcnow()
-    assert accounts.apply_admin_changes(db, store, user.id, {"roles": ["admin", "user"]}, now)
+    assert change(db, store, user.id, {"roles": ["admin", "user"]}, now)
     assert db.get(User, user.id).roles == ["admin", "user"]
     older = now - timedelta(seconds=1)
-    assert not accounts.apply_admin_changes(db, store, user.id, {"roles": ["user"]}, older)
-    assert not accounts.apply_admin_changes(db, store, user.id, {"roles": ["user"]}, now)
+    assert not change(db, store, user.id, {"roles": ["user"]}, older)
+    assert not change(db, store, user.id, {"roles": ["user"]}, now)
     assert db.get(User, user.id).roles == ["admin", "user"]
 
 
 def test_deactivation_revokes_sessions_and_tokens(db, store, user):
-    sid, _ = login_sessions.start(db, user.id, utcnow(), timedelta(days=1))
+    family, _ = login_sessions.start(db, user.id, utcnow(), timedelta(days=1), MAX_AGE)
+    sid = family.id
     issued = int(time.time())
     later = utcnow() + timedelta(seconds=1)
-    assert accounts.apply_admin_changes(db, store, user.id, {"is_active": False}, later)
+    assert change(db, store, user.id, {"is_active": False}, later)
     assert db.get(User, user.id).is_active is False
     assert db.get(LoginSession, sid).revoked_at is not None
     claims = {"jti": "j", "sid": sid, "sub": user.id, "iat": issued}
-    assert store.is_revoked(claims)
-    assert accounts.apply_admin_changes(
-        db, store, user.id, {"is_active": True}, later + timedelta(seconds=1)
-    )
+    assert issued_before_cutoff(claims, db.get(User, user.id))
+    assert change(db, store, user.id, {"is_active": True}, later + timedelta(seconds=1))
     assert db.get(User, user.id).is_active is True
 
 
@@ -119,18 +125,18 @@ def test_admin_changes_that_can_never_apply_raise(db, store, user):
 
 
 def test_admin_change_for_an_unknown_user_is_a_no_op(db, store):
-    assert not accounts.apply_admin_changes(db, store, "missing", {"roles": ["user"]}, utcnow())
+    assert not change(db, store, "missing", {"roles": ["user"]}, utcnow())
 
 
 def test_deletion_from_the_user_service_removes_without_an_echo(db, store, user):
-    login_sessions.start(db, user.id, utcnow(), timedelta(days=1))
+    login_sessions.start(db, user.id, utcnow(), timedelta(days=1), MAX_AGE)
     db.commit()
     events_before = db.execute(Base.metadata.tables["outbox"].select()).all()
-    assert accounts.delete_account_from_user_service(db, store, user.id) is True
+    assert accounts.delete_account_from_user_service(db, user.id) is True
     db.commit()
     assert db.get(User, user.id) is None
     assert db.execute(Base.metadata.tables["outbox"].select()).all() == events_before
-    assert accounts.delete_account_from_user_service(db, store, user.id) is False
+    assert accounts.delete_account_from_user_service(db, user.id) is False
 
 
 def test_a_stale_read_loses_the_conditional_rotation(tmp_path):
@@ -143,7 +149,7 @@ def test_a_stale_read_loses_the_conditional_rotation(tmp_path):
     )
     setup.add(owner)
     setup.flush()
-    _, token = login_sessions.start(setup, owner.id, utcnow(), timedelta(days=1))
+    _, token = login_sessions.start(setup, owner.id, utcnow(), timedelta(days=1), MAX_AGE)
     setup.commit()
     slow, fast = factory(), factory()
     assert login_sessions.find(slow, token)[0].rotated_at is None  # read before the other rotates
@@ -156,17 +162,14 @@ def test_a_stale_read_loses_the_conditional_rotation(tmp_path):
     engine.dispose()
 
 
-def test_revocations_in_one_second_each_kill_tokens_issued_between(store):
-    user_id = str(uuid.uuid4())
-    first = store.revoke_user(user_id)
-    issued = store.issued_at_for(user_id)
+def test_revocations_in_one_second_each_kill_tokens_issued_between(db, store, user):
+    first = store.revoke_user(db, user)
+    issued = issued_at(user)
     assert issued == first
-    second = store.revoke_user(user_id)
+    second = store.revoke_user(db, user)
     assert second > issued
-    assert store.is_revoked({"jti": "a", "sid": None, "sub": user_id, "iat": issued})
-    assert not store.is_revoked(
-        {"jti": "b", "sid": None, "sub": user_id, "iat": store.issued_at_for(user_id)}
-    )
+    assert issued_before_cutoff({"jti": "a", "sid": None, "iat": issued}, user)
+    assert not issued_before_cutoff({"jti": "b", "sid": None, "iat": issued_at(user)}, user)
 
 
 def test_password_change_right_after_logout_all_kills_the_login_between(client, accounts):

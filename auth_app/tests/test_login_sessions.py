@@ -53,7 +53,10 @@ def test_only_a_hash_of_the_refresh_token_is_stored(app, accounts):
     assert hash_token(tokens["refresh_token"]) in stored
 
 
-def test_reusing_a_rotated_refresh_token_revokes_the_whole_family(client, accounts):
+def test_reusing_a_rotated_refresh_token_revokes_the_whole_family(make_app):
+    # No grace: the first replay is one.
+    client = make_app(REFRESH_REUSE_GRACE_SECONDS=0).test_client()
+    accounts = Accounts(client)
     _, first = accounts.register_and_login()
     second = refresh(client, first["refresh_token"]).json
     other_session = accounts.login(accounts_email(client, second))
@@ -218,7 +221,8 @@ def test_get_me_returns_the_user(client, accounts):
 
 def test_two_concurrent_refreshes_with_one_token_exactly_one_wins(make_app):
     with fresh_postgres_database("auth") as url:
-        app = make_app(DATABASE_URL=url)
+        # Strict reuse detection: the loser is a replay.
+        app = make_app(DATABASE_URL=url, REFRESH_REUSE_GRACE_SECONDS=0)
         try:
             _, tokens = Accounts(app.test_client()).register_and_login()
             barrier = threading.Barrier(2)

@@ -56,6 +56,9 @@ INHERITED_OUT = (
     "JWT_AUDIENCE",
 )
 
+# How long a rotated refresh token still answers in the story's system.
+REUSE_GRACE_SECONDS = 1
+
 
 @dataclass
 class RunningSystem:
@@ -194,6 +197,8 @@ def system(tmp_path_factory, e2e_durations):
             PRIVATE_KEY_PATH=str(tmp / "keys" / "private.pem"),
             PUBLIC_KEY_PATH=str(tmp / "keys" / "public.pem"),
             BCRYPT_ROUNDS="4",
+            # A short grace, so the story can replay a refresh token past it.
+            REFRESH_REUSE_GRACE_SECONDS=str(REUSE_GRACE_SECONDS),
             LOG_FORMAT="json",
             LOG_LEVEL="info",
             WEB_CONCURRENCY="2",

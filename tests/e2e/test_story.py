@@ -15,6 +15,7 @@ import jwt
 import pytest
 
 from tests.e2e.client import call, poll
+from tests.e2e.conftest import REUSE_GRACE_SECONDS
 
 API_AUTH = "/api/v1/auth"
 API_USERS = "/api/v1/users"
@@ -142,13 +143,27 @@ def test_refresh_rotates_and_a_reused_refresh_token_kills_its_whole_family(story
     assert second.status == 200
     assert second.json["refresh_token"] != first["refresh_token"]
     assert story.auth("GET", f"{API_AUTH}/me", token=second.json["access_token"]).status == 200
+    # Within the grace (two tabs refreshing at once) the rotated token answers once more.
+    twin = story.refresh(first["refresh_token"])
+    assert twin.status == 200
+    access = second.json["access_token"]
+    assert story.user("GET", f"{API_USERS}/me", token=access).status == 200
 
+    time.sleep(REUSE_GRACE_SECONDS + 0.5)
     reused = story.refresh(first["refresh_token"])
     assert reused.status == 401
     assert story.refresh(second.json["refresh_token"]).status == 401
-    assert story.auth("GET", f"{API_AUTH}/me", token=second.json["access_token"]).status == 401
+    assert story.refresh(twin.json["refresh_token"]).status == 401
+    assert story.auth("GET", f"{API_AUTH}/me", token=access).status == 401
+    # The user service refuses the session's tokens once its session_revoked sync is in.
+    refused = poll(
+        lambda: story.user("GET", f"{API_USERS}/me", token=access), lambda a: a.status == 401
+    )
+    assert refused.status == 401
     # Another login is a new family, untouched by the revoked one.
-    assert story.refresh(story.login(carol)["refresh_token"]).status == 200
+    other = story.login(carol)
+    assert story.refresh(other["refresh_token"]).status == 200
+    assert story.user("GET", f"{API_USERS}/me", token=other["access_token"]).status == 200
 
 
 def test_an_administrator_lists_and_searches_users(story, admin):

@@ -34,6 +34,8 @@ from workers.settings import BrokerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct-Horse-battery-9"
+# The roles both services of the system know.
+ROLES = ("user", "admin", "editor")
 
 
 def migrate(name: str, url: str) -> None:
@@ -69,6 +71,7 @@ class System:
                 "TESTING": True,
                 "DATABASE_URL": user_url,
                 "PUBLIC_KEY_PATH": self.public_path,
+                "ROLES": ROLES,
                 "LOG_FORMAT": "text",
             }
         )
@@ -84,6 +87,7 @@ class System:
             "TESTING": True,
             "DATABASE_URL": self.auth_url,
             "REDIS_KEY_PREFIX": self.redis_prefix,
+            "ROLES": ROLES,
             "RATELIMIT_ENABLED": False,
             "RATELIMIT_KEY_PREFIX": self.redis_prefix + "limiter",
             "PRIVATE_KEY_PATH": self.private_path,
@@ -104,6 +108,7 @@ class System:
             RABBITMQ_QUEUE_TYPE=self.queue_type,
             PRIVATE_KEY_PATH=str(self.private_path),
             PUBLIC_KEY_PATH=str(self.public_path),
+            ROLES=",".join(ROLES),
             LOG_FORMAT="text",
             LOG_LEVEL="warning",
         )
@@ -122,11 +127,12 @@ class System:
     def threads(self, stack: ExitStack) -> None:
         """Run both relays and both consumers in threads until ``stack`` closes."""
         settings = self.settings()
-        user_consumer = user_worker.build_consumer(self.user_engine, settings)
+        user_consumer = user_worker.build_consumer(
+            self.user_engine, settings, self.user_app.extensions["settings"]
+        )
+        auth_settings = self.auth_app.extensions["settings"]
         auth_consumer = auth_worker.build_consumer(
-            self.auth_engine,
-            settings,
-            auth_worker.revocation_store(self.auth_app.extensions["settings"]),
+            self.auth_engine, settings, auth_worker.revocation_store(auth_settings), auth_settings
         )
         for runner in (
             Relay("auth_relay", auth_models.OutboxEvent, self.auth_engine, settings),

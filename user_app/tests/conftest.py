@@ -89,6 +89,8 @@ def app_config(signer: Signer, **overrides) -> dict:
         "JWT_ISSUER": ISSUER,
         "JWT_AUDIENCE": AUDIENCE,
         "JWT_LEEWAY_SECONDS": 10,
+        # The roles the tests hand out, beside the two every deployment has.
+        "ROLES": ("user", "admin", "editor", "mod", "beta", *(f"r{i}" for i in range(21))),
         "LOG_LEVEL": "WARNING",
         "LOG_FORMAT": "text",
     }

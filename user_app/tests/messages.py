@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from common.events import USER_SYNC, Envelope, parse_envelope
-from common.fields import canonical_user_id
+from common.fields import canonical_id
 from user_app import sync
 from user_app.models import Profile
 
@@ -46,7 +46,7 @@ def apply_user_created(session: Session, data: Any, occurred_at: Any) -> Profile
     if isinstance(data, dict):
         data = {"action": "created", **data}
     deliver(session, data, occurred_at)
-    user_id = canonical_user_id(data.get("user_id") if isinstance(data, dict) else None)
+    user_id = canonical_id(data.get("user_id") if isinstance(data, dict) else None)
     return session.get(Profile, user_id) if user_id else None
 
 

@@ -26,7 +26,7 @@ def test_first_request_creates_the_profile_from_the_token(client, as_user):
     assert body["display_name"] is None and body["bio"] is None and body["avatar_url"] is None
     assert set(body) == {
         "id", "email", "username", "display_name", "bio", "avatar_url",
-        "roles", "is_active", "created_at", "updated_at",
+        "roles", "is_active", "email_verified", "created_at", "updated_at",
     }  # fmt: skip
 
 

@@ -74,7 +74,9 @@ def test_the_models_run_on_postgresql():
             with sessions() as session:
                 total, page = administration.search_profiles(session, q="PG_U")
                 assert total == 1 and page[0].tokens_valid_after == 1_700_000_001.5
-                administration.update_profile(session, page[0], {"is_active": False})
+                administration.update_profile(
+                    session, page[0], {"is_active": False}, by="an-admin", roles=("user", "admin")
+                )
                 messages.apply_user_deleted(session, user_id, now)
                 messages.apply_user_deleted(session, user_id, now)
                 session.commit()

@@ -43,9 +43,7 @@ class Me(MethodView):
         """Delete the account: its email and username are free again, every token dies."""
         session = get_session()
         try:
-            accounts.delete_account(
-                session, password_hasher(), revocation(), current_user(), data["password"]
-            )
+            accounts.delete_account(session, password_hasher(), current_user(), data["password"])
         except accounts.InvalidCredentials:
             abort(401, message="Wrong password")
         session.commit()
@@ -62,7 +60,7 @@ class Logout(MethodView):
         session = get_session()
         try:
             tokens.logout(
-                session, revocation(), current_user(), g.claims, data.get("refresh_token")
+                session, token_issuer(), current_user(), g.claims, data.get("refresh_token")
             )
         except tokens.NotYourRefreshToken:
             abort(400, message="refresh_token is not a token of this user")

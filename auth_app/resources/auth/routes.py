@@ -118,9 +118,12 @@ class Refresh(MethodView):
     @blp.response(200, TokenPairSchema)
     @blp.alt_response(401, description="Unknown, expired, revoked or reused refresh token")
     def post(self, data: dict) -> Any:
-        """Exchange a refresh token for a new pair; the presented one dies.
+        """Exchange a refresh token for a new pair of the same session; the presented one dies.
 
-        Answers 503 while Redis is unreachable, and the presented token then stays alive.
+        A token rotated less than ``REFRESH_REUSE_GRACE_SECONDS`` ago answers
+        once more (two tabs refreshing at once); one rotated longer ago is a
+        replay, and ends its whole session. A replay answers 503 while Redis is
+        unreachable, and its session is then left as it was.
         """
         session = get_session()
         try:

@@ -9,9 +9,10 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from common.auth import has_role, login_required
-from common.fields import canonical_user_id
+from common.fields import canonical_id
 from common.flask_db import get_session
 from user_app import administration, profiles
+from user_app.extensions import settings
 from user_app.models import Profile
 from user_app.resources.users.schemas import (
     AdminProfileUpdateSchema,
@@ -22,7 +23,7 @@ from user_app.resources.users.schemas import (
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description="User profiles")
 
-ADMIN = "admin"
+ADMIN = administration.ADMIN
 
 
 def _own_profile() -> Profile:
@@ -42,7 +43,7 @@ def _own_profile() -> Profile:
 
 def _profile_or_404(user_id: str) -> Profile:
     # A malformed id names no user: 404, like any unknown one.
-    canonical = canonical_user_id(user_id)
+    canonical = canonical_id(user_id)
     profile = profiles.get_profile(get_session(), canonical) if canonical else None
     if profile is None:
         abort(404, message="User not found")
@@ -119,10 +120,19 @@ class User(MethodView):
     @blp.arguments(AdminProfileUpdateSchema)
     @blp.response(200, ProfileSchema)
     @blp.alt_response(404, description="No such user")
+    @blp.alt_response(409, description="An administrator demoting or deactivating itself")
     def patch(self, changes: dict, user_id: str) -> Any:
         """Change a profile; a change of ``is_active`` or ``roles`` is sent as ``user.updated``."""
         profile = _profile_or_404(user_id)
-        administration.update_profile(get_session(), profile, changes)
+        try:
+            administration.update_profile(
+                get_session(), profile, changes, by=g.claims["sub"], roles=settings().roles
+            )
+        except administration.UnknownRoles as error:
+            message = f"Unknown role: {error}; roles are {', '.join(settings().roles)}"
+            abort(422, message="Unknown role", errors={"json": {"roles": [message]}})
+        except administration.SelfLockout:
+            abort(409, message="Administrators cannot remove admin from or deactivate themselves")
         get_session().commit()
         return profile
 

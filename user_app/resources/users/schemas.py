@@ -30,6 +30,7 @@ class ProfileSchema(Schema):
     avatar_url = fields.String(dump_only=True, allow_none=True)
     roles = fields.List(fields.String(), dump_only=True)
     is_active = fields.Boolean(dump_only=True)
+    email_verified = fields.Boolean(dump_only=True)
     created_at = fields.DateTime(dump_only=True)
     updated_at = fields.DateTime(dump_only=True)
 
