@@ -1,99 +1,36 @@
 """The auth service when Redis, PostgreSQL or RabbitMQ is gone: clear 503s, nothing lost.
 
-Decision, Redis down: login and refresh answer 503 ``Redis unavailable``. Both
-need Redis, login for its failed-login throttle and both for the user's
-revocation cut-off that every new token's ``iat`` must clear; issuing a token
-without them could hand out one that is already revoked, or skip the
-throttle. Every Bearer check also answers 503 (a token that cannot be
-cleared is never let through). Nothing is half-written: a refresh refused
-this way leaves the refresh token alive. When Redis returns, the same app
+Decision, Redis down: login answers 503 ``Redis unavailable``, as its
+failed-login throttle lives there. Every Bearer check also answers 503 (a
+token whose id and session cannot be cleared is never let through). A refresh
+needs only the database (the revocation cut-off is on the user's row) and goes
+on working; a replayed refresh token must end its session in Redis too, so it
+answers 503 and nothing is half-written. When Redis returns, the same app
 recovers with no restart.
 """
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
-
 import pytest
-import redis
 from sqlalchemy import select
 
 from auth_app.models import OutboxEvent
 from auth_app.tests.conftest import PASSWORD, bearer
-from tests.support.servers import allow_connections, fresh_postgres_database, server_down
+from tests.support.servers import (
+    RedisServer,
+    allow_connections,
+    free_port,
+    fresh_postgres_database,
+)
 
 LOGIN = "/api/v1/auth/login"
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on (right now)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A redis-server of this test on a spare port, stopped and started at will.
-
-    It keeps its data in an append-only file, as a production Redis holding
-    revocations must: a revoked token stays revoked across the restart.
-    """
-
-    def __init__(self, directory):
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        try:
-            self.process = subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                    "--dir",
-                    str(self.directory),
-                    "--daemonize",
-                    "no",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        except OSError as error:
-            server_down("Redis", "redis-server on PATH", error)
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        server_down("Redis", self.url, RuntimeError("redis-server did not start"))
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
 @pytest.fixture
 def redis_server(tmp_path):
-    server = RedisServer(tmp_path)
+    # It keeps its data in an append-only file, as a production Redis holding
+    # revocations should: this test is about Redis unreachable, not emptied.
+    server = RedisServer(tmp_path, persistent=True)
     server.start()
     yield server
     server.stop()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import jwt
+import pytest
 from sqlalchemy import select, update
 
 from auth_app.login_sessions import hash_token
 from auth_app.models import LoginSession, RefreshToken, User
-from auth_app.tests.conftest import PASSWORD, Accounts, bearer
+from auth_app.tests.conftest import PASSWORD, Accounts, bearer, outbox_messages
 from common.db import utcnow
 from tests.support.servers import fresh_postgres_database
 
@@ -241,3 +243,138 @@ def test_two_concurrent_refreshes_with_one_token_exactly_one_wins(make_app):
             assert sorted(statuses) == [200, 401]
         finally:
             app.extensions["database"].engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    with fresh_postgres_database("auth_refresh") as url:
+        yield url
+
+
+def test_eight_parallel_refreshes_with_one_token_in_the_grace_all_answer_and_the_session_lives(
+    make_app, pg_url
+):
+    app = make_app(DATABASE_URL=pg_url, REFRESH_REUSE_GRACE_SECONDS=10)
+    try:
+        _, tokens = Accounts(app.test_client()).register_and_login()
+        barrier = threading.Barrier(8)
+        answers = []
+
+        def attempt():
+            client = app.test_client()
+            barrier.wait()
+            answers.append(refresh(client, tokens["refresh_token"]))
+
+        threads = [threading.Thread(target=attempt) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [answer.status_code for answer in answers] == [200] * 8
+        client = app.test_client()
+        sids = {
+            jwt.decode(a.json["access_token"], options={"verify_signature": False})["sid"]
+            for a in answers
+        }
+        assert len(sids) == 1
+        # Every pair handed out so stays valid, and the session lives on.
+        for answer in answers:
+            assert me(client, answer.json) == 200
+        for answer in answers:
+            assert refresh(client, answer.json["refresh_token"]).status_code == 200
+    finally:
+        app.extensions["database"].engine.dispose()
+
+
+def test_a_rotated_token_replayed_after_the_grace_ends_its_whole_family(make_app, pg_url):
+    app = make_app(DATABASE_URL=pg_url, REFRESH_REUSE_GRACE_SECONDS=1)
+    try:
+        client = app.test_client()
+        _, first = Accounts(client).register_and_login()
+        second = refresh(client, first["refresh_token"]).json
+        twin = refresh(client, first["refresh_token"]).json  # inside the grace
+        time.sleep(1.2)
+        assert refresh(client, first["refresh_token"]).status_code == 401
+        for tokens in (second, twin):
+            assert me(client, tokens) == 401
+            assert refresh(client, tokens["refresh_token"]).status_code == 401
+    finally:
+        app.extensions["database"].engine.dispose()
+
+
+def test_a_session_ends_at_its_max_age_however_often_refreshed(app, client, accounts):
+    _, tokens = accounts.register_and_login()
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    session = db(app)
+    family = session.get(LoginSession, claims["sid"])
+    # No token of a login outlives it.
+    assert claims["exp"] <= family.expires_at.timestamp()
+    session.execute(
+        update(LoginSession)
+        .where(LoginSession.id == claims["sid"])
+        .values(expires_at=utcnow() - timedelta(seconds=1))
+    )
+    session.commit()
+    session.close()
+    assert refresh(client, tokens["refresh_token"]).status_code == 401
+    assert me(client, tokens) == 401
+    announced = [
+        body["data"]
+        for body in outbox_messages(app)
+        if body["data"].get("action") == "session_revoked"
+    ]
+    assert [data["session_id"] for data in announced] == [claims["sid"]]
+
+
+def race(app, requests: dict) -> dict:
+    """Send each request from its own thread at the same moment; their answers by name."""
+    barrier = threading.Barrier(len(requests))
+    answers = {}
+
+    def send(name, request):
+        barrier.wait()
+        answers[name] = request(app.test_client())
+
+    threads = [threading.Thread(target=send, args=item) for item in requests.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def test_no_token_survives_a_refresh_racing_a_password_change_run_300_times(make_app, pg_url):
+    app = make_app(DATABASE_URL=pg_url, REFRESH_REUSE_GRACE_SECONDS=0, LOG_LEVEL="critical")
+    try:
+        client = app.test_client()
+        survivors, refreshed = [], 0
+        for _ in range(300):
+            # A user of its own each time: every race starts from a settled account.
+            _, tokens = Accounts(client).register_and_login()
+            answers = race(
+                app,
+                {
+                    "refresh": lambda c, t=tokens: refresh(c, t["refresh_token"]),
+                    "password": lambda c, t=tokens: c.post(
+                        "/api/v1/auth/password",
+                        headers=bearer(t["access_token"]),
+                        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+                    ),
+                },
+            )
+            assert answers["password"].status_code == 200
+            if answers["refresh"].status_code == 200:
+                refreshed += 1
+                pair = answers["refresh"].json
+                if (
+                    me(client, pair) != 401
+                    or refresh(client, pair["refresh_token"]).status_code != 401
+                ):
+                    survivors.append(pair)
+            assert me(client, answers["password"].json) == 200
+        print(f"\nrefresh/password race: 300 runs, the refresh answered 200 in {refreshed}")
+        assert survivors == []
+        # Both orders happened: the race really raced.
+        assert 0 < refreshed < 300, refreshed
+    finally:
+        app.extensions["database"].engine.dispose()

@@ -8,13 +8,16 @@ test with a message naming it and how to start it; nothing is skipped.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -71,8 +74,6 @@ def fresh_postgres_database(label: str):
 
 def check_redis(url: str = REDIS_URL):
     """A connected Redis client, or a failure that says how to start Redis."""
-    import redis
-
     client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
         client.ping()
@@ -142,3 +143,71 @@ def allow_connections(url: str, allowed: bool) -> None:
                 )
     finally:
         admin.dispose()
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on (right now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of one test on a spare port, stopped and started at will.
+
+    ``persistent`` keeps its data in an append-only file across a restart;
+    otherwise it comes back empty, as a Redis without persistence does.
+    """
+
+    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.persistent = persistent
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """Where it listens."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it and wait until it answers."""
+        try:
+            self.process = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes" if self.persistent else "no",
+                    "--appendfsync",
+                    "always",
+                    "--dir",
+                    str(self.directory),
+                    "--daemonize",
+                    "no",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError as error:
+            server_down("Redis", "redis-server on PATH", error)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        server_down("Redis", self.url, RuntimeError("redis-server did not start"))
+
+    def stop(self) -> None:
+        """Stop it (its data is gone unless it is persistent)."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None

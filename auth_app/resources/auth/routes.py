@@ -17,7 +17,7 @@ from auth_app.extensions import (
     settings,
     token_issuer,
 )
-from auth_app.login_sessions import InvalidRefreshToken, RefreshTokenReused
+from auth_app.login_sessions import EndedFamily, InvalidRefreshToken
 from auth_app.passwords import PasswordPolicyError
 from auth_app.resources.auth.schemas import (
     IntrospectionSchema,
@@ -128,8 +128,8 @@ class Refresh(MethodView):
         session = get_session()
         try:
             pair = tokens.refresh(session, token_issuer(), data["refresh_token"])
-        except RefreshTokenReused:
-            session.commit()  # the family's revocation stands
+        except EndedFamily:
+            session.commit()  # a replay or a login past its end: the session's end stands
             abort(401, message="Invalid refresh token")
         except InvalidRefreshToken:
             abort(401, message="Invalid refresh token")
