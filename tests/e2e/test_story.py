@@ -219,6 +219,23 @@ def test_logout_all_reaches_the_user_service(story):
     assert story.user("GET", f"{API_USERS}/me", token=fresh).status == 200
 
 
+def test_logout_reaches_the_user_service_and_another_session_lives_on(story):
+    gina = story.register("gina")
+    ended, other = story.login(gina)["access_token"], story.login(gina)["access_token"]
+    assert story.user("GET", f"{API_USERS}/me", token=ended).status == 200
+
+    assert story.auth("POST", f"{API_AUTH}/logout", token=ended).status == 204
+    assert story.auth("GET", f"{API_AUTH}/me", token=ended).status == 401
+    refused = poll(
+        lambda: story.user("GET", f"{API_USERS}/me", token=ended),
+        lambda a: a.status == 401,
+        timeout=5,
+    )
+    assert refused.status == 401, refused.json
+    assert story.user("GET", f"{API_USERS}/me", token=other).status == 200
+    assert story.auth("GET", f"{API_AUTH}/me", token=other).status == 200
+
+
 def test_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key(
     story, system, admin
 ):

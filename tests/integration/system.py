@@ -197,6 +197,22 @@ class System:
                 .where(auth_models.User.provisioned_at.is_not(None))
             )
 
+    def pending_outbox_rows(self) -> int:
+        """Events of either service its relay has not published yet."""
+        count = 0
+        for engine, model in (
+            (self.auth_engine, auth_models.OutboxEvent),
+            (self.user_engine, user_models.OutboxEvent),
+        ):
+            with Session(engine) as session:
+                count += (
+                    session.scalar(
+                        select(func.count()).select_from(model).where(model.published_at.is_(None))
+                    )
+                    or 0
+                )
+        return count
+
     def user_created_answers(self) -> list[str]:
         """The user ids of every user.created the user service wrote (duplicates show)."""
         with Session(self.user_engine) as session:

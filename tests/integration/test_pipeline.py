@@ -6,12 +6,15 @@ and waits for the relays and workers (threads here) to carry the events.
 
 from __future__ import annotations
 
+import time
 from contextlib import ExitStack
 
 import jwt
 import pytest
 
+from common.events import AUTH_QUEUE, USER_QUEUE
 from tests.integration.system import System, fresh_system, wait_until
+from tests.support.broker import queue_depth
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +119,104 @@ def test_deleting_the_user_at_the_user_service_removes_the_account(system):
     # The email is free again, and the new account gets a fresh profile.
     again = system.register(user["username"])
     assert wait_until(lambda: system.profile(again["id"]))
+
+
+def me_at_user_service(system: System, tokens: dict) -> int:
+    return system.user.get("/api/v1/users/me", headers=bearer(tokens)).status_code
+
+
+def test_logout_reaches_the_user_service_and_another_session_lives_on(system):
+    user = system.register()
+    wait_until(lambda: system.profile(user["id"]))
+    ended, other = system.login(user["email"]), system.login(user["email"])
+    assert me_at_user_service(system, ended) == 200
+    assert system.auth.post("/api/v1/auth/logout", headers=bearer(ended)).status_code == 204
+    assert system.auth.get("/api/v1/auth/me", headers=bearer(ended)).status_code == 401
+    assert wait_until(lambda: me_at_user_service(system, ended) == 401, timeout=10)
+    assert me_at_user_service(system, other) == 200
+
+
+# -- one truth for roles -----------------------------------------------------------
+
+
+def roles_everywhere(system: System, user_id: str) -> tuple[list[str], list[str]]:
+    """The user's roles at the auth service and at the user service."""
+    return sorted(system.account(user_id).roles), sorted(system.profile(user_id).roles)
+
+
+def grant_at_user_service(system: System, admin: dict, user_id: str, roles: list[str]):
+    response = system.user.patch(
+        f"/api/v1/users/{user_id}", json={"roles": roles}, headers=bearer(admin)
+    )
+    assert response.status_code == 200, response.json
+
+
+def cli(system: System, *args: str) -> None:
+    result = system.auth_app.test_cli_runner().invoke(args=["users", *args])
+    assert result.exit_code == 0, result.output
+
+
+def settled(system: System, user_id: str, expected: list[str]) -> bool:
+    return wait_until(lambda: roles_everywhere(system, user_id) == (expected, expected))
+
+
+def test_a_role_granted_at_the_user_service_and_revoked_by_the_cli_is_gone_everywhere(system):
+    admin = make_admin(system)
+    user = system.register()
+    wait_until(lambda: system.profile(user["id"]))
+    grant_at_user_service(system, admin, user["id"], ["user", "admin"])
+    assert settled(system, user["id"], ["admin", "user"])
+    cli(system, "revoke-role", user["email"], "admin")
+    assert settled(system, user["id"], ["user"])
+    tokens = system.login(user["email"])
+    assert jwt.decode(tokens["access_token"], options={"verify_signature": False})["roles"] == [
+        "user"
+    ]
+    assert system.user.get("/api/v1/users", headers=bearer(tokens)).status_code == 403
+
+
+def test_a_role_granted_by_the_cli_and_revoked_at_the_user_service_is_gone_everywhere(system):
+    admin = make_admin(system)
+    user = system.register()
+    wait_until(lambda: system.profile(user["id"]))
+    cli(system, "grant-role", user["email"], "editor")
+    assert settled(system, user["id"], ["editor", "user"])
+    before = system.login(user["email"])
+    assert (
+        "editor" in jwt.decode(before["access_token"], options={"verify_signature": False})["roles"]
+    )
+    grant_at_user_service(system, admin, user["id"], ["user"])
+    assert settled(system, user["id"], ["user"])
+    # Taking a role away ends the sessions whose tokens carried it, at both services.
+    assert wait_until(lambda: me_at_user_service(system, before) == 401)
+    assert system.auth.get("/api/v1/auth/me", headers=bearer(before)).status_code == 401
+    after = system.login(user["email"])
+    assert jwt.decode(after["access_token"], options={"verify_signature": False})["roles"] == [
+        "user"
+    ]
+
+
+def quiet(system: System) -> bool:
+    """No event waiting anywhere: both outboxes published, both queues empty."""
+    return (
+        system.pending_outbox_rows() == 0
+        and queue_depth(system.amqp_url, USER_QUEUE) == 0
+        and queue_depth(system.amqp_url, AUTH_QUEUE) == 0
+    )
+
+
+def test_concurrent_changes_at_both_services_end_the_same_at_both(system):
+    admin = make_admin(system)
+    outcomes = []
+    for _ in range(5):
+        user = system.register()
+        wait_until(lambda: system.profile(user["id"]))  # noqa: B023 - waited on at once
+        grant_at_user_service(system, admin, user["id"], ["user", "editor"])
+        cli(system, "grant-role", user["email"], "admin")
+        time.sleep(0.5)
+        assert wait_until(lambda: quiet(system), timeout=15)
+        auth, here = roles_everywhere(system, user["id"])
+        assert auth == here
+        outcomes.append(tuple(auth))
+    # Whichever change was made last won, the same at both services.
+    assert set(outcomes) <= {("admin", "user"), ("editor", "user")}

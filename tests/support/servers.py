@@ -12,9 +12,10 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 import redis
@@ -110,6 +111,29 @@ def fresh_vhost(label: str):
     finally:
         try:
             _rabbitmqctl("delete_vhost", vhost)
+        except (OSError, subprocess.SubprocessError):
+            pass
+
+
+@contextmanager
+def broker_user(vhost_url: str, label: str) -> Iterator[str]:
+    """A RabbitMQ user of this run, free to use the vhost of ``vhost_url``; deleted afterwards.
+
+    Yields the AMQP URL of the vhost as that user.
+    """
+    parts = urlsplit(vhost_url)
+    vhost = unquote(parts.path.lstrip("/"))
+    name, password = f"test_{label}_{run_id()}", uuid.uuid4().hex
+    try:
+        _rabbitmqctl("add_user", name, password)
+        _rabbitmqctl("set_permissions", "-p", vhost, name, ".*", ".*", ".*")
+    except (OSError, subprocess.SubprocessError) as error:
+        server_down("RabbitMQ", f"{RABBITMQ_HOST}:{RABBITMQ_PORT}", error)
+    try:
+        yield f"amqp://{name}:{password}@{parts.hostname}:{parts.port}{parts.path}"
+    finally:
+        try:
+            _rabbitmqctl("delete_user", name)
         except (OSError, subprocess.SubprocessError):
             pass
 

@@ -332,3 +332,43 @@ def test_an_admin_cannot_delete_themselves_here(client, admin, db_session):
     assert "/api/v1/auth/me" in response.get_json()["message"]
     assert db_session.get(Profile, admin_id) is not None
     assert outbox_bodies(db_session) == []
+
+
+# -- roles from ROLES, and no administrator locks itself out ----------------------
+
+
+def test_a_role_outside_roles_is_422_and_changes_nothing(client, as_user, admin, db_session):
+    target = make_profiles(client, as_user, 1)[0]
+    response = client.patch(
+        f"{USERS}/{target}", json={"roles": ["user", "wizard"]}, headers=admin[0]
+    )
+    assert response.status_code == 422
+    assert "wizard" in response.get_json()["errors"]["json"]["roles"][0]
+    assert db_session.get(Profile, target).roles == ["user"]
+    assert outbox_bodies(db_session) == []
+
+
+@pytest.mark.parametrize(
+    "change", [{"roles": ["user"]}, {"roles": []}, {"is_active": False}], ids=str
+)
+def test_an_administrator_cannot_demote_or_deactivate_itself(client, admin, db_session, change):
+    headers, admin_id = admin
+    assert client.get(f"{USERS}/me", headers=headers).status_code == 200
+    response = client.patch(f"{USERS}/{admin_id}", json=change, headers=headers)
+    assert response.status_code == 409
+    assert response.get_json()["message"]
+    profile = db_session.get(Profile, admin_id)
+    assert (profile.roles, profile.is_active) == (["user", "admin"], True)
+    assert outbox_bodies(db_session) == []
+
+
+def test_an_administrator_may_edit_its_own_other_fields_and_keep_admin(client, admin):
+    headers, admin_id = admin
+    assert client.get(f"{USERS}/me", headers=headers).status_code == 200
+    response = client.patch(
+        f"{USERS}/{admin_id}",
+        json={"bio": "Runs the place", "roles": ["admin", "user", "editor"]},
+        headers=headers,
+    )
+    assert response.status_code == 200
+    assert response.get_json()["roles"] == ["admin", "user", "editor"]

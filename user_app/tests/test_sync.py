@@ -12,7 +12,8 @@ import pytest
 from common.db import utcnow
 from common.events import InvalidMessage
 from user_app.access import token_revoked
-from user_app.models import PendingRevocation, Profile, Tombstone
+from user_app.models import PendingRevocation, Profile, RevokedSession, Tombstone
+from user_app.sync import future_times
 from user_app.tests import messages
 from user_app.tests.conftest import bearer
 
@@ -311,3 +312,128 @@ def test_created_together_returns_profiles_in_order_and_none_for_the_deleted(db_
     assert result[0].tokens_valid_after == 1_800_000_000
     assert db_session.get(PendingRevocation, fresh) is None
     assert db_session.get(Profile, deleted) is None
+
+
+# -- updated: one truth for roles, activity and email --------------------------------
+
+
+def updated(user_id: str, **changes) -> dict:
+    return {"user_id": user_id, "action": "updated", "changes": changes}
+
+
+def test_updated_applies_roles_activity_and_email(db_session):
+    user_id = str(uuid.uuid4())
+    messages.apply_user_created(db_session, created_data(user_id), T0)
+    later = T0 + timedelta(minutes=1)
+    messages.deliver(
+        db_session,
+        updated(user_id, roles=["user", "editor"], is_active=False, email="New@Example.com"),
+        later,
+    )
+    db_session.commit()
+    profile = db_session.get(Profile, user_id)
+    assert (profile.roles, profile.is_active, profile.email) == (
+        ["user", "editor"],
+        False,
+        "new@example.com",
+    )
+
+
+def test_an_updated_older_than_an_administrators_change_here_does_not_undo_it(
+    client, signer, admin, db_session
+):
+    user_id = str(uuid.uuid4())
+    client.get(ME, headers=bearer(signer.token(user_id)))
+    sent_at = utcnow() - timedelta(seconds=5)
+    client.patch(f"/api/v1/users/{user_id}", json={"roles": ["user", "mod"]}, headers=admin[0])
+    messages.deliver(db_session, updated(user_id, roles=["user"]), sent_at)
+    db_session.commit()
+    assert db_session.get(Profile, user_id).roles == ["user", "mod"]
+    # A later change there wins.
+    messages.deliver(db_session, updated(user_id, roles=["user"]), utcnow() + timedelta(seconds=1))
+    db_session.commit()
+    db_session.expire_all()
+    assert db_session.get(Profile, user_id).roles == ["user"]
+
+
+def test_an_updated_that_overtook_created_is_kept_when_created_arrives(db_session):
+    user_id = str(uuid.uuid4())
+    messages.deliver(db_session, updated(user_id, roles=["user", "editor"]), T0 + timedelta(1))
+    messages.apply_user_created(db_session, created_data(user_id), T0)
+    db_session.commit()
+    profile = db_session.get(Profile, user_id)
+    assert (profile.email, profile.roles) == ("ada@example.com", ["user", "editor"])
+
+
+def test_an_updated_for_a_deleted_user_changes_nothing(db_session):
+    user_id = str(uuid.uuid4())
+    messages.apply_user_deleted(db_session, user_id, T0)
+    messages.deliver(db_session, updated(user_id, roles=["admin"]), T0 + timedelta(1))
+    db_session.commit()
+    assert db_session.get(Profile, user_id) is None
+
+
+@pytest.mark.parametrize(
+    "changes", [{}, {"roles": "admin"}, {"is_active": "no"}, {"password": "x"}], ids=str
+)
+def test_an_updated_that_can_never_apply_is_invalid(db_session, changes):
+    with pytest.raises(InvalidMessage):
+        messages.deliver(db_session, updated(str(uuid.uuid4()), **changes), T0)
+
+
+# -- session_revoked: one login session ends -----------------------------------------
+
+
+def session_revoked(user_id: str, session_id: str, expires_at: float) -> dict:
+    return {
+        "user_id": user_id,
+        "action": "session_revoked",
+        "session_id": session_id,
+        "expires_at": expires_at,
+    }
+
+
+def test_session_revoked_refuses_that_sessions_tokens_and_no_others(client, signer, db_session):
+    user_id, ended, other = (str(uuid.uuid4()) for _ in range(3))
+    ended_token = signer.token(user_id, sid=ended)
+    other_token = signer.token(user_id, sid=other)
+    assert client.get(ME, headers=bearer(ended_token)).status_code == 200
+    messages.deliver(db_session, session_revoked(user_id, ended, time.time() + 900), T0)
+    db_session.commit()
+    response = client.get(ME, headers=bearer(ended_token))
+    assert response.status_code == 401
+    assert response.get_json()["message"] == "Invalid token: token revoked"
+    assert client.get(ME, headers=bearer(other_token)).status_code == 200
+
+
+def test_session_revoked_before_the_profile_exists_still_refuses(client, signer, db_session):
+    user_id, sid = str(uuid.uuid4()), str(uuid.uuid4())
+    messages.deliver(db_session, session_revoked(user_id, sid, time.time() + 900), T0)
+    db_session.commit()
+    assert client.get(ME, headers=bearer(signer.token(user_id, sid=sid))).status_code == 401
+
+
+def test_a_revoked_session_is_forgotten_once_its_tokens_are_long_expired(db_session):
+    user_id = str(uuid.uuid4())
+    old, new = str(uuid.uuid4()), str(uuid.uuid4())
+    messages.deliver(db_session, session_revoked(user_id, old, time.time() - 3600), T0)
+    messages.deliver(db_session, session_revoked(user_id, new, time.time() + 900), T0)
+    db_session.commit()
+    assert db_session.get(RevokedSession, old) is None
+    assert db_session.get(RevokedSession, new) is not None
+
+
+def test_times_further_ahead_than_can_be_are_invalid(app):
+    check = future_times(app.extensions["settings"])
+    user_id = str(uuid.uuid4())
+    now = time.time()
+    check(messages.envelope(session_revoked(user_id, str(uuid.uuid4()), now + 900), T0))
+    check(messages.envelope(sessions_revoked_data(user_id, now + 1), T0))
+    with pytest.raises(InvalidMessage):
+        check(messages.envelope(session_revoked(user_id, str(uuid.uuid4()), now + 7200), T0))
+    with pytest.raises(InvalidMessage):
+        check(messages.envelope(sessions_revoked_data(user_id, now + 3600), T0))
+
+
+def sessions_revoked_data(user_id: str, revoked_before: float) -> dict:
+    return {"user_id": user_id, "action": "sessions_revoked", "revoked_before": revoked_before}

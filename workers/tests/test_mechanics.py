@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
 
 import pika
 import pytest
@@ -22,6 +23,7 @@ from common.events import USER_EVENTS, USER_QUEUE, InvalidMessage
 from common.outbox import OutboxMixin, ProcessedMessageMixin, emit
 from tests.support.broker import Running, broker_settings, drain, queue_depth
 from tests.support.events import NUMBERED, raw_envelope
+from tests.support.servers import broker_user
 from workers.broker import connect, dead_letter_queue, declare_exchanges, declare_queue
 from workers.consumer import Consumer
 from workers.publisher import ConfirmingPublisher
@@ -128,6 +130,8 @@ def test_relay_publishes_rows_in_order_with_the_contract_properties(engine, amqp
     assert properties.content_type == "application/json"
     assert properties.delivery_mode == 2
     assert properties.app_id == "auth_app"
+    # The broker user the relay connects as: RabbitMQ accepts no other.
+    assert properties.user_id == "guest"
     assert json.loads(body)["id"] == ids[0]
     with Session(engine) as session:
         pending = session.scalar(
@@ -376,3 +380,57 @@ def test_a_poison_message_in_a_batch_is_dead_lettered_alone(engine, amqp_url):
         assert wait_until(lambda: queue_depth(amqp_url, dead_letter_queue(USER_QUEUE)) == 2)
         assert wait_until(lambda: len(applied(engine)) == 8)
     assert applied(engine) == ["0", "1", "2", "3", "5", "7", "8", "9"]
+
+
+# -- trusted senders and times --------------------------------------------------------
+
+
+def publish_as(url: str, payload: tuple[str, bytes], user_id: str | None) -> None:
+    """Publish one message, its AMQP user_id set as given (or left out)."""
+    message_id, body = payload
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        properties = pika.BasicProperties(message_id=message_id, delivery_mode=2, user_id=user_id)
+        channel.basic_publish(USER_EVENTS, "user.sync", body, properties, mandatory=True)
+    finally:
+        connection.close()
+
+
+def test_rabbitmq_refuses_a_user_id_other_than_the_connections_own(amqp_url):
+    declare(amqp_url)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        publish_as(amqp_url, body(1), user_id="auth-service")
+    assert refused.value.reply_code == 406
+
+
+def test_only_the_expected_sender_is_applied(engine, amqp_url):
+    declare(amqp_url)
+    with broker_user(amqp_url, "intruder") as intruder_url:
+        publish_as(
+            intruder_url, body(1), user_id=pika.URLParameters(intruder_url).credentials.username
+        )
+    publish_as(amqp_url, body(2), user_id=None)
+    publish_as(amqp_url, body(3), user_id="guest")
+    consumer = make_consumer(engine, amqp_url)
+    consumer.sender = "guest"
+    with Running(consumer):
+        assert wait_until(lambda: queue_depth(amqp_url, dead_letter_queue(USER_QUEUE)) == 2)
+        assert wait_until(lambda: applied(engine) == ["3"])
+    assert applied(engine) == ["3"]
+
+
+def test_a_message_from_the_future_is_dead_lettered_and_the_next_applies(engine, amqp_url):
+    declare(amqp_url)
+    future = raw_envelope(
+        NUMBERED, "auth_app", {"n": 1}, occurred_at=datetime(9999, 1, 1, tzinfo=UTC)
+    )
+    publish_raw(amqp_url, json.dumps(future.to_dict()).encode(), future.id)
+    message_id, payload = body(2)
+    publish_raw(amqp_url, payload, message_id)
+    with Running(make_consumer(engine, amqp_url)):
+        assert wait_until(lambda: queue_depth(amqp_url, dead_letter_queue(USER_QUEUE)) == 1)
+        assert wait_until(lambda: applied(engine) == ["2"])
+    dead = drain(amqp_url, dead_letter_queue(USER_QUEUE), 1)
+    assert json.loads(dead[0][1])["id"] == future.id
