@@ -88,7 +88,7 @@ def say(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-SECTIONS = ("login", "reads", "verify", "latency", "pipeline", "memory")
+SECTIONS = ("login", "reads", "verify", "latency", "revocation", "pipeline", "memory")
 
 
 def run(plan: Plan, only: frozenset[str] = frozenset(SECTIONS)) -> dict:
@@ -133,6 +133,8 @@ def run(plan: Plan, only: frozenset[str] = frozenset(SECTIONS)) -> dict:
                 measure_verify(plan, system, token, rows, raw)
             if "latency" in only:
                 measure_latency(plan, auth, auth_engine, user_engine, rows, raw)
+            if "revocation" in only:
+                measure_revocation(plan, auth, user, account, rows, raw)
             if "pipeline" in only:
                 measure_pipeline(plan, system, auth_engine, user_engine, rows, raw)
             system.check_alive()
@@ -306,6 +308,22 @@ def measure_latency(plan, auth, auth_engine, user_engine, rows, raw) -> None:
                     lower_is_better=True,
                 )
             )
+
+
+def measure_revocation(plan, auth, user, account, rows, raw) -> None:
+    """One logout at a time: seconds from its 204 until the user service refuses the token."""
+    say("logout -> refused at the user service")
+    latencies = pipeline.logout_latencies(auth, user, account["email"], plan.register_samples)
+    raw["logout_latency_ms"] = [round(v * 1000, 2) for v in latencies]
+    for name, fraction, target in (("p50", 0.5, 50), ("p99", 0.99, 200)):
+        rows.append(
+            Row(
+                f"logout -> refused at user service {name} (ms)",
+                percentile(latencies, fraction) * 1000,
+                target=target,
+                lower_is_better=True,
+            )
+        )
 
 
 def measure_pipeline(plan, system, auth_engine, user_engine, rows, raw) -> None:

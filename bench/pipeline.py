@@ -211,3 +211,46 @@ def register(auth_base: str, name: str) -> dict:
     if status != 201:
         raise BenchError(f"register answered {status}: {body}")
     return body
+
+
+def _status(connection: http.client.HTTPConnection, method: str, path: str, token: str) -> int:
+    connection.request(method, path, headers={"Authorization": f"Bearer {token}"})
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
+def logout_latencies(
+    auth_base: str, user_base: str, email: str, samples: int, timeout: float = 10.0
+) -> list[float]:
+    """Log in and out ``samples`` times; per logout, the seconds from its 204 until the
+    user service refuses the logged-out token (its ``session_revoked`` consumed).
+
+    Polled every millisecond over one kept-alive connection.
+    """
+    auth_parts, user_parts = urlsplit(auth_base), urlsplit(user_base)
+    auth = http.client.HTTPConnection(auth_parts.hostname, auth_parts.port, timeout=30)
+    user = http.client.HTTPConnection(user_parts.hostname, user_parts.port, timeout=30)
+    latencies: list[float] = []
+    try:
+        for _ in range(samples):
+            status, pair = _post_json(
+                auth, "/api/v1/auth/login", {"email": email, "password": PASSWORD}
+            )
+            if status != 200:
+                raise BenchError(f"login answered {status}: {pair}")
+            token = pair["access_token"]
+            if _status(user, "GET", "/api/v1/users/me", token) != 200:
+                raise BenchError("a fresh token was refused at the user service")
+            if (answer := _status(auth, "POST", "/api/v1/auth/logout", token)) != 204:
+                raise BenchError(f"logout answered {answer}")
+            started = time.perf_counter()
+            while _status(user, "GET", "/api/v1/users/me", token) != 401:
+                if time.perf_counter() - started > timeout:
+                    raise BenchError("a logout never reached the user service")
+                time.sleep(0.001)
+            latencies.append(time.perf_counter() - started)
+    finally:
+        auth.close()
+        user.close()
+    return latencies

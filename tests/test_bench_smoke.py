@@ -26,6 +26,7 @@ def test_bench_smoke_run_measures_every_figure(tmp_path, capsys):
         "GET /users/me req/s",
         "TokenVerifier.verify (us)",
         "register -> profile p50 (ms)",
+        "logout -> refused at user service p50 (ms)",
         "pipeline drain msg/s (100)",
         "auth web worker RSS (MB, max)",
     ):
