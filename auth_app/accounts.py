@@ -235,6 +235,16 @@ def validate_role(role: str, roles: Collection[str]) -> str:
     return role
 
 
+def _locked(session: Session, user_id: str) -> User | None:
+    """The user as it is now, its row locked until the transaction ends (PostgreSQL).
+
+    A change is read, compared with the field's time, then written: two of
+    them at once (the CLI and the auth worker) must not interleave, or the
+    earlier could be written over the later.
+    """
+    return session.get(User, user_id, with_for_update=True, populate_existing=True)
+
+
 def _newer(at: datetime, last: datetime | None) -> bool:
     return last is None or at > last
 
@@ -297,7 +307,7 @@ def apply_admin_changes(
     """
     for role in changes.get("roles", ()):
         validate_role(role, roles)
-    user = session.get(User, user_id)
+    user = _locked(session, user_id)
     if user is None:
         return {}
     return change_account(
@@ -321,9 +331,10 @@ def set_role(
 ) -> User:
     """Grant or revoke a role (one of ``roles``); revoking ends the user's sessions everywhere."""
     validate_role(role, roles)
-    user = session.scalars(
-        select(User).where(func.lower(User.email) == normalise_email(email))
+    found = session.scalars(
+        select(User.id).where(func.lower(User.email) == normalise_email(email))
     ).first()
+    user = _locked(session, found) if found is not None else None
     if user is None:
         raise UnknownAccount(email)
     current = set(user.roles)

@@ -21,8 +21,15 @@ from user_app.models import PendingRevocation, Profile, Tombstone
 EDITABLE_FIELDS = ("display_name", "bio", "avatar_url")
 
 
-def get_profile(session: Session, user_id: str) -> Profile | None:
-    """The profile with this id, or None."""
+def get_profile(session: Session, user_id: str, *, for_update: bool = False) -> Profile | None:
+    """The profile with this id, or None.
+
+    ``for_update`` reads it as it is now and locks its row until the
+    transaction ends (PostgreSQL): what a change that compares field times
+    before it writes needs, so that two changes at once never interleave.
+    """
+    if for_update:
+        return session.get(Profile, user_id, with_for_update=True, populate_existing=True)
     return session.get(Profile, user_id)
 
 

@@ -31,7 +31,7 @@ from common.events import USER_CREATED, USER_SYNC, Envelope, EventType, InvalidM
 from common.outbox import emit_all
 from user_app.config import UserSettings
 from user_app.models import OutboxEvent, PendingRevocation, Profile, RevokedSession, Tombstone
-from user_app.profiles import fold_pending_revocation, is_deleted, leave_tombstone
+from user_app.profiles import fold_pending_revocation, get_profile, is_deleted, leave_tombstone
 
 # A revoked session is forgotten this long after its tokens expired: longer
 # than any clock leeway a token is checked with.
@@ -118,7 +118,7 @@ def _merge_created(session: Session, event: _Created) -> Profile | None:
     if is_deleted(session, event.user_id):
         return None
     insert_ignoring_conflict(session, Profile, **event.values)
-    profile = session.get(Profile, event.user_id, populate_existing=True)
+    profile = get_profile(session, event.user_id, for_update=True)
     if profile is None:  # deleted by another writer since
         return None
     fold_pending_revocation(session, profile)
@@ -153,7 +153,7 @@ def apply_sessions_revoked(session: Session, user_id: str, revoked_before: float
     kept aside and folded into the profile when it is created; for a deleted
     user nothing is stored.
     """
-    profile = session.get(Profile, user_id)
+    profile = get_profile(session, user_id, for_update=True)
     if profile is not None:
         profile.tokens_valid_after = max(profile.tokens_valid_after or 0.0, revoked_before)
         return
@@ -178,7 +178,7 @@ def _profile_for_change(session: Session, user_id: str) -> Profile | None:
     The ``created`` sync merges into it later and, its times being older,
     keeps what the change set. None for a deleted user.
     """
-    profile = session.get(Profile, user_id)
+    profile = get_profile(session, user_id, for_update=True)
     if profile is not None or is_deleted(session, user_id):
         return profile
     now = utcnow()
@@ -192,7 +192,7 @@ def _profile_for_change(session: Session, user_id: str) -> Profile | None:
         created_at=now,
         updated_at=now,
     )
-    profile = session.get(Profile, user_id, populate_existing=True)
+    profile = get_profile(session, user_id, for_update=True)
     if profile is not None:
         fold_pending_revocation(session, profile)
     return profile

@@ -6,15 +6,21 @@ and waits for the relays and workers (threads here) to carry the events.
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from contextlib import ExitStack
+from datetime import UTC, datetime
 
 import jwt
+import pika
 import pytest
 
-from common.events import AUTH_QUEUE, USER_QUEUE
+from common.events import AUTH_QUEUE, USER_EVENTS, USER_QUEUE, USER_SYNC
 from tests.integration.system import System, fresh_system, wait_until
 from tests.support.broker import queue_depth
+from tests.support.events import raw_envelope
+from workers.broker import dead_letter_queue
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +226,45 @@ def test_concurrent_changes_at_both_services_end_the_same_at_both(system):
         outcomes.append(tuple(auth))
     # Whichever change was made last won, the same at both services.
     assert set(outcomes) <= {("admin", "user"), ("editor", "user")}
+
+
+def publish_sync(system: System, data: dict, occurred_at=None) -> None:
+    """A user.sync as anyone with the broker's credentials could send it."""
+    envelope = raw_envelope(USER_SYNC, "auth_app", data, occurred_at=occurred_at)
+    connection = pika.BlockingConnection(pika.URLParameters(system.amqp_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            USER_EVENTS,
+            USER_SYNC.routing_key,
+            json.dumps(envelope.to_dict()).encode(),
+            pika.BasicProperties(message_id=envelope.id, delivery_mode=2),
+            mandatory=True,
+        )
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"action": "sessions_revoked", "revoked_before": 253402300799},
+        {"action": "session_revoked", "session_id": str(uuid.uuid4()), "expires_at": 253402300799},
+        {"action": "updated", "changes": {"is_active": False}, "occurred_at": "9999-12-31"},
+    ],
+    ids=["revoked_before", "expires_at", "occurred_at"],
+)
+def test_times_from_the_future_are_dead_lettered_and_change_nothing(system, forged):
+    user = system.register()
+    tokens = system.login(user["email"])
+    assert wait_until(lambda: me_at_user_service(system, tokens) == 200)
+    dead = dead_letter_queue(USER_QUEUE)
+    before = queue_depth(system.amqp_url, dead)
+    data = {"user_id": user["id"], **{k: v for k, v in forged.items() if k != "occurred_at"}}
+    occurred = datetime(9999, 12, 31, tzinfo=UTC) if "occurred_at" in forged else None
+    publish_sync(system, data, occurred)
+    assert wait_until(lambda: queue_depth(system.amqp_url, dead) == before + 1)
+    profile = system.profile(user["id"])
+    assert (profile.is_active, profile.tokens_valid_after) == (True, None)
+    assert me_at_user_service(system, tokens) == 200

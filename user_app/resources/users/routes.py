@@ -41,10 +41,11 @@ def _own_profile() -> Profile:
     return profile
 
 
-def _profile_or_404(user_id: str) -> Profile:
+def _profile_or_404(user_id: str, *, for_update: bool = False) -> Profile:
     # A malformed id names no user: 404, like any unknown one.
     canonical = canonical_id(user_id)
-    profile = profiles.get_profile(get_session(), canonical) if canonical else None
+    session = get_session()
+    profile = profiles.get_profile(session, canonical, for_update=for_update) if canonical else None
     if profile is None:
         abort(404, message="User not found")
     return profile
@@ -123,7 +124,8 @@ class User(MethodView):
     @blp.alt_response(409, description="An administrator demoting or deactivating itself")
     def patch(self, changes: dict, user_id: str) -> Any:
         """Change a profile; a change of ``is_active`` or ``roles`` is sent as ``user.updated``."""
-        profile = _profile_or_404(user_id)
+        # Locked: the user worker may be applying a change of these same fields.
+        profile = _profile_or_404(user_id, for_update=True)
         try:
             administration.update_profile(
                 get_session(), profile, changes, by=g.claims["sub"], roles=settings().roles
