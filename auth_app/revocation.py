@@ -27,6 +27,13 @@ in the same second is dead while the pair issued right after (a password
 change's, a new login's) is alive, though ``iat`` has only one-second
 precision. The same integer goes out as ``revoked_before`` in the
 ``sessions_revoked`` sync, so the user service draws the same line.
+
+Several revocations of one user within a second each move the cut-off one
+second further. It is never let run more than ``MAX_CUTOFF_AHEAD`` seconds
+ahead of the clock: a revocation that would push it further waits, holding
+the user's row, until the clock has caught up. Otherwise the tokens issued
+next, whose ``iat`` is the cut-off, would come out "not yet valid" beyond the
+clock leeway, here and at the user service.
 """
 
 from __future__ import annotations
@@ -51,6 +58,10 @@ from common.db import insert_ignoring_conflict, utcnow
 log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_SECONDS = 2
+# How far the per-user cut-off may run ahead of the clock (never beyond the
+# clock leeway): one second for a revocation, one more for a second revocation
+# in the same second. Leaves the rest of the leeway for clock skew between hosts.
+MAX_CUTOFF_AHEAD = 2
 
 
 def connect_redis(settings: AuthSettings, **options: Any) -> redis.Redis:
@@ -157,7 +168,10 @@ class RevocationStore:
         One statement moves the cut-off to ``max(now + 1, previous + 1)``, so
         it only moves forward, and two revocations in the same second both
         count: the second moves it one further, past the tokens issued right
-        after the first (they carry its value).
+        after the first (they carry its value). When that puts it more than
+        ``MAX_CUTOFF_AHEAD`` seconds ahead of the clock, this waits (the row
+        locked, so concurrent revocations of this user queue behind it) until
+        it no longer is.
         """
         floor = math.floor(time.time()) + 1
         following = func.coalesce(User.revoked_before, 0) + 1
@@ -170,6 +184,10 @@ class RevocationStore:
         ).one()
         # Tokens issued next in this transaction must see it (see issued_at).
         set_committed_value(user, "revoked_before", cutoff)
+        ahead = int(cast(int, cutoff)) - time.time() - min(MAX_CUTOFF_AHEAD, self.leeway)
+        if ahead > 0:
+            log.info("user %s: cut-off %.1fs ahead of the clock, waiting", user.id, ahead)
+            time.sleep(ahead)
         return int(cast(int, cutoff))
 
     # -- checking ------------------------------------------------------------

@@ -12,7 +12,12 @@ from sqlalchemy.orm import sessionmaker
 from auth_app import accounts, login_sessions
 from auth_app.models import Base, LoginSession, User
 from auth_app.passwords import PasswordHasher
-from auth_app.revocation import RevocationStore, issued_at, issued_before_cutoff
+from auth_app.revocation import (
+    MAX_CUTOFF_AHEAD,
+    RevocationStore,
+    issued_at,
+    issued_before_cutoff,
+)
 from auth_app.tests.conftest import PASSWORD, bearer
 from common.db import make_engine, utcnow
 from common.events import USER_UPDATED
@@ -170,6 +175,17 @@ def test_revocations_in_one_second_each_kill_tokens_issued_between(db, store, us
     assert second > issued
     assert issued_before_cutoff({"jti": "a", "sid": None, "iat": issued}, user)
     assert not issued_before_cutoff({"jti": "b", "sid": None, "iat": issued_at(user)}, user)
+
+
+def test_a_burst_of_revocations_never_pushes_the_cutoff_past_the_leeway(db, store, user):
+    previous = 0
+    for _ in range(8):
+        cutoff = store.revoke_user(db, user)
+        # Each one kills the tokens issued after the one before...
+        assert cutoff > previous
+        previous = cutoff
+        # ... and the next token's iat is within reach of the clock.
+        assert issued_at(user) - time.time() <= MAX_CUTOFF_AHEAD
 
 
 def test_password_change_right_after_logout_all_kills_the_login_between(client, accounts):

@@ -155,6 +155,20 @@ def test_logout_all_kills_every_session_including_same_second_tokens(client, acc
     assert refresh(client, again["refresh_token"]).status_code == 200
 
 
+def test_tokens_work_after_a_burst_of_logout_alls(client, accounts):
+    # More logout-alls in a row than the clock leeway has seconds: the cut-off
+    # must not run ahead of the clock, or the newest tokens would be refused
+    # as "not yet valid".
+    user, tokens = accounts.register_and_login()
+    for _ in range(12):
+        response = client.post("/api/v1/auth/logout-all", headers=bearer(tokens["access_token"]))
+        assert response.status_code == 204
+        assert me(client, tokens) == 401
+        tokens = accounts.login(user["email"])
+        assert me(client, tokens) == 200
+    assert refresh(client, tokens["refresh_token"]).status_code == 200
+
+
 def test_password_change_returns_a_working_pair_and_kills_the_rest(client, accounts):
     user, old = accounts.register_and_login()
     other = accounts.login(user["email"])
