@@ -1,17 +1,19 @@
 """Flask plumbing both services share: the API object, request ids, errors, health.
 
 ``create_api`` wires one service: flask-smorest's Api (which owns the error
-JSON), request ids on every response and log line, security headers, CORS,
-offline Swagger UI and the ``/health`` endpoints.
+JSON), the client's address behind trusted proxies, request ids on every
+response and log line, security headers, CORS, offline Swagger UI and the
+``/health`` endpoints.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import swagger_ui_bundle
@@ -22,6 +24,7 @@ from flask_cors import CORS
 from flask_smorest import Api, Blueprint, pagination
 from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException, InternalServerError, default_exceptions
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common.config import S, WebSettings, split_overrides
 from common.logging import configure_logging, request_id_var
@@ -201,6 +204,64 @@ def init_cors(app: Flask, origins: list[str]) -> None:
     )
 
 
+_PEER_ENVIRON_KEY = "common.web.peer"
+
+
+def _ip_address(value: str | None) -> str | None:
+    """``value`` as a normalised IP address, a port some routers add dropped; None if it is none."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.startswith("["):  # [2001:db8::1]:443
+        value = value[1:].partition("]")[0]
+    elif value.count(":") == 1:  # 192.0.2.1:443
+        value = value.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+class TrustedProxies:
+    """WSGI middleware: the client's address as ``count`` trusted reverse proxies saw it.
+
+    Werkzeug's ProxyFix with ``x_for=count`` takes the address ``count`` hops
+    from the right of X-Forwarded-For (each proxy appends the peer it saw;
+    whatever a client wrote further left is never read), and the peer when the
+    header has fewer entries. Only X-Forwarded-For is trusted: the services
+    build no URL from the request's scheme or host (the issuer and every link
+    come from settings), so X-Forwarded-Proto/Host would only be one more
+    input to spoof. A value that is not an IP address (a proxy miscounted)
+    leaves the peer's address, so nothing but an address reaches a rate-limit
+    key, a log line or a stored record.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], count: int) -> None:
+        self.app = app
+        self.fix = ProxyFix(self._checked, x_for=count, x_proto=0, x_host=0, x_port=0, x_prefix=0)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        environ[_PEER_ENVIRON_KEY] = environ.get("REMOTE_ADDR")
+        return self.fix(environ, start_response)
+
+    def _checked(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        peer = environ[_PEER_ENVIRON_KEY]
+        if environ.get("REMOTE_ADDR") != peer:
+            environ["REMOTE_ADDR"] = _ip_address(environ.get("REMOTE_ADDR")) or peer
+        return self.app(environ, start_response)
+
+
+def trust_proxies(app: Flask, count: int) -> None:
+    """Take the client's address from X-Forwarded-For when ``count`` (TRUSTED_PROXY_COUNT) > 0."""
+    if count > 0:
+        app.wsgi_app = TrustedProxies(app.wsgi_app, count)  # type: ignore[method-assign]
+
+
+def client_address() -> str:
+    """The current request's client address (behind ``TRUSTED_PROXY_COUNT`` proxies)."""
+    return request.remote_addr or "-"
+
+
 def service_app(
     import_name: str,
     config: Mapping[str, Any] | None,
@@ -227,6 +288,7 @@ def create_api(app: Flask, settings: WebSettings, *, title: str) -> ServiceApi:
     for key, value in openapi_config(title).items():
         app.config.setdefault(key, value)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
+    trust_proxies(app, settings.trusted_proxy_count)
     _install_request_ids(app)
     _install_swagger_assets(app)
     api = ServiceApi(

@@ -41,7 +41,12 @@ def test_missing_key_files_stop_a_web_process(make_app, tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("ALGORITHM", "HS256"), ("RATELIMIT_AUTH", "lots"), ("LOG_FORMAT", "xml")],
+    [
+        ("ALGORITHM", "HS256"),
+        ("RATELIMIT_AUTH", "lots"),
+        ("LOG_FORMAT", "xml"),
+        ("TRUSTED_PROXY_COUNT", "-1"),
+    ],
 )
 def test_other_bad_settings_name_their_variable(monkeypatch, capsys, name, value):
     monkeypatch.setenv(name, value)

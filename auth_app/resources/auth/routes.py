@@ -31,18 +31,30 @@ from auth_app.resources.auth.schemas import (
 from common.auth import AccountDisabled, DependencyUnavailable, bearer_auth
 from common.flask_db import conflict_on_integrity_error, get_session
 from common.tokens import InvalidToken
+from common.web import client_address
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Accounts and tokens")
 
 # Token responses must never be cached (RFC 6749 section 5.1).
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
+#: The per-client-address limit (``RATELIMIT_AUTH``) of every endpoint anyone may call
+#: that costs a password hash or a token lookup: register, login and refresh here, and
+#: the password forgot and reset endpoints when they come. flask-limiter scopes a limit
+#: to its endpoint, so each endpoint has its own bucket per address.
 rate_limited = limiter.limit(auth_rate_limit, error_message=TOO_MANY_REQUESTS)
+RATE_LIMITED = "Too many requests from this address"
+THROTTLED = "Too many wrong passwords for this account from this address"
 
 
 def policy_error(error: PasswordPolicyError, field: str = "password") -> NoReturn:
     """Abort with 422 and the policy's reasons under the password field."""
     abort(422, message="Password refused", errors={"json": {field: error.messages}})
+
+
+def throttled(error: accounts.LoginThrottled, message: str) -> NoReturn:
+    """Abort with 429 and ``Retry-After``: too many wrong passwords from this address."""
+    abort(429, message=message, headers={"Retry-After": str(error.retry_after)})
 
 
 @blp.route("/register")
@@ -51,6 +63,7 @@ class Register(MethodView):
     @blp.arguments(RegisterSchema)
     @blp.response(201, UserSchema)
     @blp.alt_response(409, description="Email or username taken")
+    @blp.alt_response(429, description=RATE_LIMITED)
     def post(self, data: dict) -> Any:
         """Create an account."""
         session = get_session()
@@ -79,7 +92,7 @@ class Login(MethodView):
     @blp.response(200, TokenPairSchema)
     @blp.alt_response(401, description="Invalid credentials")
     @blp.alt_response(403, description="Account disabled")
-    @blp.alt_response(429, description="Too many failed logins")
+    @blp.alt_response(429, description=f"{THROTTLED}; or {RATE_LIMITED.lower()}")
     def post(self, data: dict) -> Any:
         """Exchange a password for a token pair.
 
@@ -95,15 +108,12 @@ class Login(MethodView):
                 email=data.get("email"),
                 username=data.get("username"),
                 password=data["password"],
+                address=client_address(),
             )
         except accounts.InvalidCredentials:
             abort(401, message="Invalid credentials")
         except accounts.LoginThrottled as error:
-            abort(
-                429,
-                message="Too many failed logins for this account; try again later",
-                headers={"Retry-After": str(error.retry_after)},
-            )
+            throttled(error, "Too many failed logins for this account; try again later")
         except accounts.AccountInactive:
             abort(403, message="Account disabled")
         pair = token_issuer().pair(session, user)
@@ -117,6 +127,7 @@ class Refresh(MethodView):
     @blp.arguments(RefreshSchema)
     @blp.response(200, TokenPairSchema)
     @blp.alt_response(401, description="Unknown, expired, revoked or reused refresh token")
+    @blp.alt_response(429, description=RATE_LIMITED)
     def post(self, data: dict) -> Any:
         """Exchange a refresh token for a new pair of the same session; the presented one dies.
 
