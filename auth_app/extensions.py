@@ -22,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 
 from auth_app.access import AccessCheck
 from auth_app.config import AuthSettings
+from auth_app.introspection import IntrospectionClients
 from auth_app.login_throttle import LoginThrottle
 from auth_app.models import Base
 from auth_app.passwords import PasswordHasher
@@ -117,6 +118,7 @@ def init_app(app: Flask, api: ServiceApi, settings: AuthSettings) -> None:
         leeway=settings.jwt_leeway_seconds,
     )
     BearerAuth(verifier, AccessCheck(revocation), realm="auth").init_app(app)
+    app.extensions["introspection_clients"] = IntrospectionClients(settings.introspection_clients)
     api.map_errors(
         app,
         {
@@ -176,6 +178,11 @@ def login_throttle() -> LoginThrottle:
 def password_hasher() -> PasswordHasher:
     """The current app's password hasher."""
     return cast(PasswordHasher, current_app.extensions["password_hasher"])
+
+
+def introspection_clients() -> IntrospectionClients:
+    """The current app's clients allowed to introspect tokens."""
+    return cast(IntrospectionClients, current_app.extensions["introspection_clients"])
 
 
 def token_issuer() -> TokenIssuer:

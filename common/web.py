@@ -2,8 +2,8 @@
 
 ``create_api`` wires one service: flask-smorest's Api (which owns the error
 JSON), the client's address behind trusted proxies, request ids on every
-response and log line, security headers, CORS, offline Swagger UI and the
-``/health`` endpoints.
+response and log line, security headers, CORS, offline Swagger UI
+(:mod:`common.docs`) and the ``/health`` endpoints.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, default_exce
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common.config import S, WebSettings, split_overrides
+from common.docs import install_docs
 from common.logging import configure_logging, request_id_var
 
 log = logging.getLogger("request")
@@ -174,15 +175,13 @@ def _install_swagger_assets(app: Flask) -> None:
 
 
 def openapi_config(title: str, version: str = "1.0.0") -> dict:
-    """The flask-smorest settings that serve ``/openapi.json`` and offline ``/docs``."""
+    """The flask-smorest settings that serve ``/openapi.json`` (``/docs`` is common.docs')."""
     return {
         "API_TITLE": title,
         "API_VERSION": version,
         "OPENAPI_VERSION": "3.0.3",
         "OPENAPI_URL_PREFIX": "/",
         "OPENAPI_JSON_PATH": "openapi.json",
-        "OPENAPI_SWAGGER_UI_PATH": "/docs",
-        "OPENAPI_SWAGGER_UI_URL": SWAGGER_ASSETS,
     }
 
 
@@ -296,6 +295,13 @@ def create_api(app: Flask, settings: WebSettings, *, title: str) -> ServiceApi:
         spec_kwargs={"servers": [{"url": "/"}], "extra_plugins": [ErrorResponsesPlugin()]},
     )
     api.spec.components.security_scheme("bearerAuth", BEARER_SCHEME)
+    install_docs(
+        app,
+        title=app.config["API_TITLE"],
+        spec_url="/openapi.json",
+        assets=SWAGGER_ASSETS,
+        ui_config=app.config.get("OPENAPI_SWAGGER_UI_CONFIG"),
+    )
     init_cors(app, list(settings.cors_origins))
     return api
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, NoReturn
 
+from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from auth_app import accounts, tokens
+from auth_app import accounts, introspection, tokens
 from auth_app.extensions import (
     TOO_MANY_REQUESTS,
     auth_rate_limit,
+    introspection_clients,
     limiter,
     login_throttle,
     password_hasher,
@@ -28,9 +32,8 @@ from auth_app.resources.auth.schemas import (
     TokenPairSchema,
     UserSchema,
 )
-from common.auth import AccountDisabled, DependencyUnavailable, bearer_auth
+from common.auth import DependencyUnavailable, bearer_auth
 from common.flask_db import conflict_on_integrity_error, get_session
-from common.tokens import InvalidToken
 from common.web import client_address
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Accounts and tokens")
@@ -148,16 +151,45 @@ class Refresh(MethodView):
         return pair, 200, NO_STORE
 
 
+#: The OpenAPI security scheme of the clients allowed to introspect (registered in resources).
+INTROSPECTION_SCHEME = "introspectionClient"
+
+
+def client_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Require HTTP Basic credentials of an introspection client before anything else runs.
+
+    Checked before the body is read, so a caller without credentials learns
+    nothing from validation errors either.
+    """
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if introspection_clients().authenticate(request.authorization) is None:
+            abort(
+                401,
+                message="Client authentication required (HTTP Basic)",
+                headers={"WWW-Authenticate": introspection.CHALLENGE},
+            )
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
 @blp.route("/introspect")
 class Introspect(MethodView):
+    @client_required
     @blp.arguments(IntrospectSchema)
     @blp.response(200, IntrospectionSchema)
+    @blp.alt_response(401, description="Missing or invalid client credentials")
+    @blp.doc(security=[{INTROSPECTION_SCHEME: []}])
     def post(self, data: dict) -> Any:
-        """Whether a token is a live access token of this service, and its claims (RFC 7662)."""
+        """Whether a token is a live access token of this service, and its claims (RFC 7662).
+
+        Only clients named in ``INTROSPECTION_CLIENTS`` may ask, with HTTP Basic
+        credentials ``client_id:secret``.
+        """
         try:
-            claims = bearer_auth().claims_of(data["token"])
-        except (InvalidToken, AccountDisabled):
-            return {"active": False}, 200, NO_STORE
+            answer = introspection.introspect(bearer_auth(), data["token"])
         except DependencyUnavailable as error:
             abort(503, message=str(error))
-        return {"active": True, **claims, "token_type": "access_token"}, 200, NO_STORE
+        return answer, 200, NO_STORE
