@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
 
 from auth_app import accounts, tokens
 from auth_app.extensions import (
@@ -31,8 +31,11 @@ from auth_app.resources.auth.schemas import (
 from common.auth import AccountDisabled, DependencyUnavailable, bearer_auth
 from common.flask_db import conflict_on_integrity_error, get_session
 from common.tokens import InvalidToken
+from common.web import ServiceBlueprint
 
-blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Accounts and tokens")
+blp = ServiceBlueprint(
+    "auth", __name__, url_prefix="/api/v1/auth", description="Accounts and tokens"
+)
 
 # Token responses must never be cached (RFC 6749 section 5.1).
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
