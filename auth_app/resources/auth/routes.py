@@ -69,6 +69,7 @@ class Register(MethodView):
         except PasswordPolicyError as error:
             policy_error(error)
         except accounts.AccountExists as error:
+            session.rollback()
             abort(409, message=f"That {error.field} is already registered")
         with conflict_on_integrity_error("That email or username is already registered"):
             session.commit()
