@@ -12,8 +12,9 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
+from auth_app import create_app
 from auth_app.models import OutboxEvent, User
-from auth_app.tests.conftest import PASSWORD, Accounts, bearer
+from auth_app.tests.conftest import PASSWORD, Accounts, app_settings, bearer
 from common.fields import TEXT_ERROR
 from tests.support.hostile_requests import (
     HUGE,
@@ -38,17 +39,20 @@ def pg_url():
         yield url
 
 
-@pytest.fixture
-def app(make_app, pg_url):
-    app = make_app(DATABASE_URL=pg_url, LOG_LEVEL="critical")
+@pytest.fixture(scope="module")
+def app(key_paths, redis_prefix, pg_url):
+    """One app for the module: nothing here may change what the next test sees."""
+    app = create_app(
+        app_settings(key_paths, redis_prefix, DATABASE_URL=pg_url, LOG_LEVEL="critical")
+    )
     yield app
     app.extensions["database"].engine.dispose()
 
 
-@pytest.fixture
-def tokens(client) -> dict:
-    """A token pair of a fresh user."""
-    return Accounts(client).register_and_login()[1]
+@pytest.fixture(scope="module")
+def tokens(app) -> dict:
+    """A token pair of a user every test may use, and none may change."""
+    return Accounts(app.test_client()).register_and_login()[1]
 
 
 def count(app, *where) -> int:
