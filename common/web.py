@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import swagger_ui_bundle
 from apispec import BasePlugin
@@ -83,7 +83,7 @@ class JsonBodyParser(FlaskParser):
         _invalid_json("Not valid JSON.")
 
 
-def _invalid_json(reason: str) -> Any:
+def _invalid_json(reason: str) -> NoReturn:
     abort(400, message=f"Invalid JSON body: {reason}", errors={"json": [reason]})
 
 
