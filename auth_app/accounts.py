@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from auth_app import announce, login_sessions
@@ -92,10 +93,28 @@ def register(
         updated_at=now,
     )
     session.add(user)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as error:
+        # A registration of the same email or username committed between the
+        # check above and this insert: the database's unique index said so.
+        field = _taken_field(error)
+        log.info("registration refused reason=%s_taken", field.replace(" ", "_"))
+        raise AccountExists(field) from None
     announce.created(session, user)
     log.info("registered user_id=%s", user.id)
     return user
+
+
+def _taken_field(error: IntegrityError) -> str:
+    """Which unique column a failed insert of a user collided on: email, username, or both."""
+    diag = getattr(error.orig, "diag", None)  # PostgreSQL names the constraint
+    where = getattr(diag, "constraint_name", None) or str(error.orig)  # SQLite: "users.email"
+    if "username" in where:
+        return "username"
+    if "email" in where:
+        return "email"
+    return "email or username"
 
 
 def find_for_login(session: Session, *, email: str | None, username: str | None) -> User | None:

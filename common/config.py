@@ -324,7 +324,7 @@ def role_names(env: Env) -> tuple[str, ...]:
     """``ROLES``: comma-separated role names, ``user`` and ``admin`` among them."""
     names = tuple(dict.fromkeys(env.list("ROLES"))) or DEFAULT_ROLES
     for name in names:
-        if not ROLE_NAME.match(name):
+        if not ROLE_NAME.fullmatch(name):
             raise ConfigError(f"ROLES: {name!r} is not a role name ({ROLE_NAME_ERROR})")
     missing = [name for name in DEFAULT_ROLES if name not in names]
     if missing:

@@ -3,26 +3,30 @@
 ``create_api`` wires one service: flask-smorest's Api (which owns the error
 JSON), the client's address behind trusted proxies, request ids on every
 response and log line, security headers, CORS, offline Swagger UI
-(:mod:`common.docs`) and the ``/health`` endpoints.
+(:mod:`common.docs`) and the ``/health`` endpoints. Every resource is a
+:class:`ServiceBlueprint`, whose parser answers any body Python cannot load
+with a 400.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import swagger_ui_bundle
 from apispec import BasePlugin
 from flask import Flask, Response, g, request, send_from_directory
 from flask.views import MethodView
 from flask_cors import CORS
-from flask_smorest import Api, Blueprint, pagination
+from flask_smorest import Api, Blueprint, abort, pagination
 from marshmallow import Schema, fields
+from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException, InternalServerError, default_exceptions
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -60,6 +64,42 @@ class ErrorResponsesPlugin(BasePlugin):
                 responses.setdefault("413", "REQUEST_ENTITY_TOO_LARGE")
 
 
+class JsonBodyParser(FlaskParser):
+    """webargs' Flask parser, answering 400 for every body that is not JSON Python can load.
+
+    webargs turns invalid JSON into a 400, but ``json.loads`` refuses more than
+    that: nesting deeper than the interpreter's recursion limit (RecursionError)
+    and an integer of more than ``sys.get_int_max_str_digits()`` digits, 4300
+    by default (ValueError). Those would end as 500s.
+    """
+
+    def _raw_load_json(self, req: Any) -> Any:
+        try:
+            return super()._raw_load_json(req)
+        except json.JSONDecodeError:
+            raise  # webargs' own answer (a 400, or nothing for an empty body)
+        except RecursionError:
+            _invalid_json("JSON nested too deeply.")
+        except ValueError:
+            _invalid_json("A number in the JSON has too many digits.")
+
+    def _handle_invalid_json_error(self, error: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
+        _invalid_json("Not valid JSON.")
+
+
+def _invalid_json(reason: str) -> NoReturn:
+    abort(400, message=f"Invalid JSON body: {reason}", errors={"json": [reason]})
+
+
+class ServiceBlueprint(Blueprint):
+    """flask-smorest's Blueprint, reading bodies with :class:`JsonBodyParser`.
+
+    Every blueprint of both services is one (``ServiceApi`` refuses any other).
+    """
+
+    ARGUMENTS_PARSER = JsonBodyParser()
+
+
 class ServiceApi(Api):
     """flask-smorest's Api, with a ``message`` on every error body (404 and 405 included)."""
 
@@ -77,6 +117,12 @@ class ServiceApi(Api):
             },
             lazy=True,
         )
+
+    def register_blueprint(self, blp: Blueprint, **options: Any) -> None:
+        """Register ``blp``, which must be a :class:`ServiceBlueprint`."""
+        if not isinstance(blp, ServiceBlueprint):
+            raise TypeError(f"blueprint {blp.name!r} is not a common.web.ServiceBlueprint")
+        super().register_blueprint(blp, **options)
 
     def handle_http_exception(self, error: HTTPException) -> Any:
         """Answer any HTTP error in flask-smorest's shape with a human-readable message."""
@@ -108,7 +154,7 @@ def new_request_id() -> str:
 
 def accept_request_id(value: str | None) -> str:
     """The caller's request id when it is 1-128 printable characters, else a new one."""
-    if value and _REQUEST_ID_RE.match(value) and value == value.strip():
+    if value and _REQUEST_ID_RE.fullmatch(value) and value == value.strip():
         return value
     return new_request_id()
 
@@ -321,7 +367,9 @@ class ReadinessSchema(Schema):
 
 def health_blueprint(checks: dict[str, Callable[[], object]]) -> Blueprint:
     """``GET /health`` (no dependency touched) and ``GET /health/ready`` (each check run)."""
-    blp = Blueprint("health", __name__, url_prefix="/health", description="Liveness and readiness")
+    blp = ServiceBlueprint(
+        "health", __name__, url_prefix="/health", description="Liveness and readiness"
+    )
 
     @blp.route("")
     class Liveness(MethodView):

@@ -47,30 +47,35 @@ def private_key(key_paths):
     return load_private_key(key_paths[0].read_bytes(), "test key")
 
 
+def app_settings(key_paths: tuple[Path, Path], redis_prefix: str, **overrides) -> dict:
+    """Test settings of an auth app under a fresh Redis namespace; ``overrides`` win."""
+    namespace = f"{redis_prefix}{uuid.uuid4().hex[:8]}:"
+    config = {
+        "TESTING": True,
+        "DATABASE_URL": "sqlite://",
+        "CREATE_SCHEMA": True,
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "REDIS_KEY_PREFIX": namespace,
+        "RATELIMIT_KEY_PREFIX": namespace + "limiter",
+        "RATELIMIT_ENABLED": False,
+        "PRIVATE_KEY_PATH": key_paths[0],
+        "PUBLIC_KEY_PATH": key_paths[1],
+        "JWT_PRIVATE_KEY": None,
+        "JWT_PUBLIC_KEY": None,
+        "BCRYPT_ROUNDS": 4,
+        "LOG_FORMAT": "text",
+        "INTROSPECTION_CLIENTS": (INTROSPECTION_CLIENT,),
+    }
+    config.update(overrides)
+    return config
+
+
 @pytest.fixture
 def make_app(key_paths, redis_prefix):
     """Build an auth app with test settings; keyword arguments override them."""
 
     def factory(**overrides):
-        namespace = f"{redis_prefix}{uuid.uuid4().hex[:8]}:"
-        config = {
-            "TESTING": True,
-            "DATABASE_URL": "sqlite://",
-            "CREATE_SCHEMA": True,
-            "REDIS_URL": "redis://127.0.0.1:6379/0",
-            "REDIS_KEY_PREFIX": namespace,
-            "RATELIMIT_KEY_PREFIX": namespace + "limiter",
-            "RATELIMIT_ENABLED": False,
-            "PRIVATE_KEY_PATH": key_paths[0],
-            "PUBLIC_KEY_PATH": key_paths[1],
-            "JWT_PRIVATE_KEY": None,
-            "JWT_PUBLIC_KEY": None,
-            "BCRYPT_ROUNDS": 4,
-            "LOG_FORMAT": "text",
-            "INTROSPECTION_CLIENTS": (INTROSPECTION_CLIENT,),
-        }
-        config.update(overrides)
-        return create_app(config)
+        return create_app(app_settings(key_paths, redis_prefix, **overrides))
 
     return factory
 

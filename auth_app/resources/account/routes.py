@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import g
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
 
 from auth_app import accounts, tokens
 from auth_app.access import current_user
@@ -27,9 +27,9 @@ from auth_app.resources.auth.routes import NO_STORE, THROTTLED, policy_error, th
 from auth_app.resources.auth.schemas import TokenPairSchema, UserSchema
 from common.auth import login_required
 from common.flask_db import get_session
-from common.web import client_address
+from common.web import ServiceBlueprint, client_address
 
-blp = Blueprint(
+blp = ServiceBlueprint(
     "account", __name__, url_prefix="/api/v1/auth", description="The signed-in user's account"
 )
 

@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 
 from flask import request
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
 
 from auth_app import accounts, introspection, tokens
 from auth_app.extensions import (
@@ -34,9 +34,11 @@ from auth_app.resources.auth.schemas import (
 )
 from common.auth import DependencyUnavailable, bearer_auth
 from common.flask_db import conflict_on_integrity_error, get_session
-from common.web import client_address
+from common.web import ServiceBlueprint, client_address
 
-blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Accounts and tokens")
+blp = ServiceBlueprint(
+    "auth", __name__, url_prefix="/api/v1/auth", description="Accounts and tokens"
+)
 
 # Token responses must never be cached (RFC 6749 section 5.1).
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -82,6 +84,7 @@ class Register(MethodView):
         except PasswordPolicyError as error:
             policy_error(error)
         except accounts.AccountExists as error:
+            session.rollback()
             abort(409, message=f"That {error.field} is already registered")
         with conflict_on_integrity_error("That email or username is already registered"):
             session.commit()
