@@ -14,7 +14,14 @@ from sqlalchemy import func, select
 
 from auth_app import create_app
 from auth_app.models import OutboxEvent, User
-from auth_app.tests.conftest import PASSWORD, Accounts, app_settings, bearer
+from auth_app.tests.conftest import (
+    INTROSPECTION_CLIENT,
+    PASSWORD,
+    Accounts,
+    app_settings,
+    basic,
+    bearer,
+)
 from common.fields import TEXT_ERROR
 from tests.support.hostile_requests import (
     HUGE,
@@ -159,6 +166,11 @@ AUTHENTICATED = [
 ]
 
 
+def caller(path: str) -> dict:
+    """The credentials an operation wants before it reads a body (introspection's client)."""
+    return basic(*INTROSPECTION_CLIENT) if path.endswith("/introspect") else {}
+
+
 def with_bad_character(body: dict, field: str, character: str) -> dict:
     value = body[field]
     # In the middle of a value that is valid otherwise (the email's local part).
@@ -176,7 +188,9 @@ def assert_refused_as_unstorable(response, field: str) -> None:
 @pytest.mark.parametrize("character", [NUL, SURROGATE], ids=["nul", "surrogate"])
 @pytest.mark.parametrize(("path", "body", "field"), UNAUTHENTICATED)
 def test_a_nul_or_lone_surrogate_in_any_public_field_is_422(client, path, body, field, character):
-    response = send_json(client, "post", path, with_bad_character(body, field, character))
+    response = send_json(
+        client, "post", path, with_bad_character(body, field, character), headers=caller(path)
+    )
     assert_refused_as_unstorable(response, field)
 
 
@@ -217,7 +231,7 @@ def test_json_python_cannot_load_is_400_at_every_json_endpoint(app, client, toke
     assert len(operations) >= 7
     headers = bearer(tokens["access_token"])
     for method, path in operations:
-        response = send_json(client, method, path, body, headers=headers)
+        response = send_json(client, method, path, body, headers=caller(path) or headers)
         assert response.status_code == 400, (method, path, response.get_json())
         answer = response.get_json()
         assert answer["message"].startswith("Invalid JSON body: ")
@@ -283,7 +297,9 @@ def test_an_odd_authorization_header_is_401(client, value):
 @pytest.mark.parametrize("value", list(ODD_AUTHORIZATION.values()), ids=list(ODD_AUTHORIZATION))
 def test_an_odd_token_at_introspection_is_inactive(client, value):
     token = value.removeprefix("Bearer").strip() or "x"
-    response = client.post("/api/v1/auth/introspect", json={"token": token})
+    response = client.post(
+        "/api/v1/auth/introspect", json={"token": token}, headers=basic(*INTROSPECTION_CLIENT)
+    )
     if "\x00" in token:
         assert response.status_code == 422
     else:
