@@ -47,6 +47,10 @@ class LoginThrottled(Exception):
         self.retry_after = retry_after
 
 
+class AccountGone(Exception):
+    """The account was deleted while this request waited for it."""
+
+
 class AccountInactive(Exception):
     """The password was right but the account is disabled."""
 
@@ -228,8 +232,11 @@ def change_password(
     """Replace the password after checking the current one; every earlier token dies.
 
     A wrong current password is a failure of the login throttle (see
-    :func:`check_current_password`).
+    :func:`check_current_password`). The row stays locked from the check to the
+    commit: of two changes sent with the same current password, the second
+    checks against the new one.
     """
+    _lock_for_change(session, user)
     try:
         check_current_password(hasher, throttle, user, current_password, address)
     except InvalidCredentials:
@@ -239,6 +246,12 @@ def change_password(
     user.password_hash = hasher.hash(new_password)
     revoke_everything(session, revocation, user)
     log.info("password changed user_id=%s", user.id)
+
+
+def _lock_for_change(session: Session, user: User) -> None:
+    # ``user`` is the identity-map object the token check loaded: read again, locked.
+    if _locked(session, user.id) is None:
+        raise AccountGone()
 
 
 def _remove(session: Session, user: User) -> None:
@@ -260,7 +273,9 @@ def delete_account(
     """Delete the account after checking its password; publish a ``deleted`` sync.
 
     A wrong password is a failure of the login throttle (see :func:`check_current_password`).
+    Of two deletions at once, the second finds the account gone (AccountGone).
     """
+    _lock_for_change(session, user)
     try:
         check_current_password(hasher, throttle, user, password, address)
     except InvalidCredentials:

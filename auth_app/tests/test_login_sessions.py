@@ -415,3 +415,46 @@ def test_no_token_survives_a_refresh_racing_a_password_change_run_300_times(make
         assert 0 < refreshed < 300, refreshed
     finally:
         app.extensions["database"].engine.dispose()
+
+
+@pytest.mark.parametrize("how", ["password change", "account deletion"])
+def test_eight_parallel_uses_of_one_current_password_succeed_once(make_app, pg_url, how):
+    app = make_app(DATABASE_URL=pg_url, LOG_LEVEL="critical")
+    try:
+        client = app.test_client()
+        user, tokens = Accounts(client).register_and_login()
+        headers = bearer(tokens["access_token"])
+        if how == "password change":
+            # Each with a password of its own: only the first may replace the current one.
+            requests = {
+                n: lambda c, n=n: c.post(
+                    "/api/v1/auth/password",
+                    headers=headers,
+                    json={"current_password": PASSWORD, "new_password": f"{NEW_PASSWORD}-{n}"},
+                )
+                for n in range(8)
+            }
+        else:
+            requests = {
+                n: lambda c: c.delete(
+                    "/api/v1/auth/me", headers=headers, json={"password": PASSWORD}
+                )
+                for n in range(8)
+            }
+        answers = race(app, requests)
+        statuses = sorted(answer.status_code for answer in answers.values())
+        # The losers' password is wrong by then (or the account gone): 401, and once
+        # past LOGIN_MAX_FAILURES wrong ones, the throttle's 429.
+        assert statuses[0] == (200 if how == "password change" else 204), statuses
+        assert set(statuses[1:]) <= {401, 429}, statuses
+        deleted = [
+            body
+            for body in outbox_messages(app)
+            if body["data"].get("action") == "deleted" and body["data"]["user_id"] == user["id"]
+        ]
+        assert len(deleted) == (how == "account deletion")
+        if how == "password change":
+            (winner,) = (a for a in answers.values() if a.status_code == 200)
+            assert me(client, winner.json) == 200
+    finally:
+        app.extensions["database"].engine.dispose()

@@ -64,6 +64,8 @@ class Me(MethodView):
             )
         except accounts.InvalidCredentials:
             abort(401, message="Wrong password")
+        except accounts.AccountGone:
+            abort(401, message="Account deleted")
         except accounts.LoginThrottled as error:
             throttled(error, "Too many wrong passwords for this account; try again later")
         session.commit()
@@ -126,6 +128,8 @@ class Password(MethodView):
             )
         except accounts.InvalidCredentials:
             abort(401, message="Wrong current password")
+        except accounts.AccountGone:
+            abort(401, message="Account deleted")
         except accounts.LoginThrottled as error:
             throttled(error, "Too many wrong passwords for this account; try again later")
         except PasswordPolicyError as error:
