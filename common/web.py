@@ -21,7 +21,12 @@ from flask.views import MethodView
 from flask_cors import CORS
 from flask_smorest import Api, Blueprint, pagination
 from marshmallow import Schema, fields
-from werkzeug.exceptions import HTTPException, InternalServerError, default_exceptions
+from werkzeug.exceptions import (
+    HTTPException,
+    InternalServerError,
+    MethodNotAllowed,
+    default_exceptions,
+)
 
 from common.config import S, WebSettings, split_overrides
 from common.logging import configure_logging, request_id_var
@@ -75,13 +80,19 @@ class ServiceApi(Api):
         )
 
     def handle_http_exception(self, error: HTTPException) -> Any:
-        """Answer any HTTP error in flask-smorest's shape with a human-readable message."""
+        """Answer any HTTP error in flask-smorest's shape with a human-readable message.
+
+        A 405 keeps werkzeug's ``Allow`` (the path's methods, RFC 9110), which
+        flask-smorest's handler would drop.
+        """
         payload, code, headers = super().handle_http_exception(error)
         if "message" not in payload:
             if isinstance(error, InternalServerError):
                 payload["message"] = "The server could not complete the request."
             else:
                 payload["message"] = error.description or error.name
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            headers = {**headers, "Allow": ", ".join(sorted(error.valid_methods))}
         return payload, code, headers
 
     def map_errors(self, app: Flask, mapping: dict[type[Exception], tuple[int, str]]) -> None:

@@ -84,6 +84,21 @@ def test_404_and_405_bodies_have_a_message(client):
     assert wrong_method.json["message"]
 
 
+def test_405_says_which_methods_the_path_allows(client):
+    """RFC 9110: a 405 carries ``Allow``, in the usual error body."""
+    for method, path, allowed in (
+        ("GET", "/api/v1/auth/login", {"POST", "OPTIONS"}),
+        ("PUT", "/api/v1/auth/me", {"GET", "HEAD", "DELETE", "OPTIONS"}),
+        ("POST", "/.well-known/jwks.json", {"GET", "HEAD", "OPTIONS"}),
+        ("DELETE", "/health", {"GET", "HEAD", "OPTIONS"}),
+    ):
+        response = client.open(path, method=method)
+        assert response.status_code == 405, (method, path)
+        assert set(response.headers["Allow"].split(", ")) == allowed, (method, path)
+        assert response.json["code"] == 405
+        assert response.json["message"]
+
+
 def test_request_id_is_echoed_or_replaced(client):
     assert (
         client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"]
