@@ -54,11 +54,16 @@ class ErrorResponsesPlugin(BasePlugin):
         """Add the shared error responses to each operation of ``path``."""
         for operation in (operations or {}).values():
             responses = operation.setdefault("responses", {})
+            shared = {}
             if path is not None and path.startswith("/api/"):
-                responses.setdefault("503", "SERVICE_UNAVAILABLE")
+                shared["503"] = "SERVICE_UNAVAILABLE"
             if "requestBody" in operation:
-                responses.setdefault("400", "BAD_REQUEST")
-                responses.setdefault("413", "REQUEST_ENTITY_TOO_LARGE")
+                shared.update({"400": "BAD_REQUEST", "413": "REQUEST_ENTITY_TOO_LARGE"})
+            # An operation's own response for the status (keyed by int or str) wins.
+            documented = {str(status) for status in responses}
+            for status, response in shared.items():
+                if status not in documented:
+                    responses[status] = response
 
 
 class ServiceApi(Api):

@@ -124,6 +124,21 @@ def test_openapi_document_and_offline_docs(client):
     assert client.get("/docs").status_code == 200
 
 
+def test_the_document_states_the_body_rules_the_service_applies(make_app):
+    """Exactly one of email or username at login; the configured minimum for a new password."""
+    client = make_app(PASSWORD_MIN_LENGTH=12).test_client()
+    schemas = client.get("/openapi.json").json["components"]["schemas"]
+    assert schemas["Login"]["oneOf"] == [{"required": ["email"]}, {"required": ["username"]}]
+    assert schemas["Register"]["properties"]["password"]["minLength"] == 12
+    assert schemas["PasswordChange"]["properties"]["new_password"]["minLength"] == 12
+    for name in ("Register", "Login", "Refresh", "Logout", "PasswordChange", "DeleteAccount"):
+        assert schemas[name]["additionalProperties"] is False, name
+    short = {"email": "short@example.com", "username": "short", "password": "x" * 11}
+    assert client.post("/api/v1/auth/register", json=short).status_code == 422
+    both = {"email": "a@example.com", "username": "a_user", "password": PASSWORD}
+    assert client.post("/api/v1/auth/login", json=both).status_code == 422
+
+
 def test_redis_down_is_503_never_500(make_app, private_key):
     app = make_app(REDIS_URL=CLOSED_REDIS, RATELIMIT_ENABLED=True)
     client = app.test_client()

@@ -6,6 +6,7 @@ from typing import Any, NoReturn
 
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
+from flask_smorest.error_handler import ErrorSchema
 
 from auth_app import accounts, tokens
 from auth_app.extensions import (
@@ -39,6 +40,42 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 rate_limited = limiter.limit(auth_rate_limit, error_message=TOO_MANY_REQUESTS)
 
+# Request examples, one per body (the README's "Trying it" account).
+EXAMPLE_PASSWORD = "analytical-engine-1843"
+REGISTER_EXAMPLE = {"email": "ada@example.com", "username": "ada", "password": EXAMPLE_PASSWORD}
+LOGIN_EXAMPLE = {"email": "ada@example.com", "password": EXAMPLE_PASSWORD}
+REFRESH_TOKEN_EXAMPLE = "Xk3o6hV1m0b2Zc5Q9rYw7tLp4sNa8dEf0gHj1kMn2pQ"
+ACCESS_TOKEN_EXAMPLE = "eyJhbGciOiJSUzI1NiIsInR5cCI6ImF0K2p3dCJ9.e30.c2lnbmF0dXJl"
+
+
+def _link(name: str, path: str, body: dict) -> dict:
+    # An OpenAPI link: the body of a following POST ``path`` made from this
+    # exchange (clients and stateful API testers follow them: register, then log
+    # in; log in, then refresh or introspect). The body is the whole request:
+    # ``x-schemathesis`` says so to schemathesis, which would otherwise mix it
+    # with generated fields (login takes exactly one of email or username).
+    pointer = path.replace("/", "~1")
+    return {
+        name: {
+            "operationRef": f"#/paths/{pointer}/post",
+            "requestBody": body,
+            "x-schemathesis": {"merge_body": False},
+        }
+    }
+
+
+LINKS_FROM_TOKEN_PAIR = {
+    **_link("Refresh", "/api/v1/auth/refresh", {"refresh_token": "$response.body#/refresh_token"}),
+    **_link("Introspect", "/api/v1/auth/introspect", {"token": "$response.body#/access_token"}),
+}
+RATE_LIMITED = "Too many requests from this address (RATELIMIT_AUTH)"
+# The password policy is more than a JSON schema can say: its refusal is a documented 422.
+POLICY_REFUSED = (
+    "Invalid body, or a password the policy refuses: shorter than PASSWORD_MIN_LENGTH, "
+    "common or breached-looking, or equal to the email or username "
+    '(message "Password refused", reasons under errors.json)'
+)
+
 
 def policy_error(error: PasswordPolicyError, field: str = "password") -> NoReturn:
     """Abort with 422 and the policy's reasons under the password field."""
@@ -48,9 +85,22 @@ def policy_error(error: PasswordPolicyError, field: str = "password") -> NoRetur
 @blp.route("/register")
 class Register(MethodView):
     @rate_limited
-    @blp.arguments(RegisterSchema)
+    @blp.arguments(RegisterSchema, example=REGISTER_EXAMPLE)
     @blp.response(201, UserSchema)
+    @blp.doc(
+        responses={
+            201: {
+                "links": _link(
+                    "LogIn",
+                    "/api/v1/auth/login",
+                    {"email": "$response.body#/email", "password": "$request.body#/password"},
+                )
+            }
+        }
+    )
     @blp.alt_response(409, description="Email or username taken")
+    @blp.alt_response(422, schema=ErrorSchema, description=POLICY_REFUSED)
+    @blp.alt_response(429, description=RATE_LIMITED)
     def post(self, data: dict) -> Any:
         """Create an account."""
         session = get_session()
@@ -75,11 +125,16 @@ class Register(MethodView):
 @blp.route("/login")
 class Login(MethodView):
     @rate_limited
-    @blp.arguments(LoginSchema)
+    @blp.arguments(LoginSchema, example=LOGIN_EXAMPLE)
     @blp.response(200, TokenPairSchema)
+    @blp.doc(responses={200: {"links": LINKS_FROM_TOKEN_PAIR}})
     @blp.alt_response(401, description="Invalid credentials")
     @blp.alt_response(403, description="Account disabled")
-    @blp.alt_response(429, description="Too many failed logins")
+    @blp.alt_response(
+        429,
+        description="Too many failed logins for the account, or too many requests from this "
+        "address (RATELIMIT_AUTH)",
+    )
     def post(self, data: dict) -> Any:
         """Exchange a password for a token pair.
 
@@ -114,9 +169,11 @@ class Login(MethodView):
 @blp.route("/refresh")
 class Refresh(MethodView):
     @rate_limited
-    @blp.arguments(RefreshSchema)
+    @blp.arguments(RefreshSchema, example={"refresh_token": REFRESH_TOKEN_EXAMPLE})
     @blp.response(200, TokenPairSchema)
+    @blp.doc(responses={200: {"links": LINKS_FROM_TOKEN_PAIR}})
     @blp.alt_response(401, description="Unknown, expired, revoked or reused refresh token")
+    @blp.alt_response(429, description=RATE_LIMITED)
     def post(self, data: dict) -> Any:
         """Exchange a refresh token for a new pair of the same session; the presented one dies.
 
@@ -139,7 +196,7 @@ class Refresh(MethodView):
 
 @blp.route("/introspect")
 class Introspect(MethodView):
-    @blp.arguments(IntrospectSchema)
+    @blp.arguments(IntrospectSchema, example={"token": ACCESS_TOKEN_EXAMPLE})
     @blp.response(200, IntrospectionSchema)
     def post(self, data: dict) -> Any:
         """Whether a token is a live access token of this service, and its claims (RFC 7662)."""
