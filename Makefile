@@ -32,6 +32,10 @@ migrate: $(STAMP)
 preflight: $(STAMP)
 	$(BIN)/python -m common.preflight
 
+# A developer's machine: the public development pepper is allowed only with
+# APP_ENV=development (anywhere else PASSWORD_PEPPER must be a secret of its own).
+run keys: export APP_ENV = development
+
 # The Procfile names bare commands (gunicorn, python): honcho must find the
 # virtual environment's, not whatever else is first on PATH.
 run: $(STAMP) preflight keys migrate

@@ -36,8 +36,10 @@ max_requests = 10000
 max_requests_jitter = 1000
 
 # Access log on stdout with the request id the app puts on every response.
+# The path without its query string (%(U)s, not the request line %(r)s): a
+# client may put a token or a password in the query, and it must not be logged.
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 

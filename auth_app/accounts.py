@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from auth_app import announce, login_sessions
@@ -39,7 +40,7 @@ class InvalidCredentials(Exception):
 
 
 class LoginThrottled(Exception):
-    """Too many failed logins for this account; retry after ``retry_after`` seconds."""
+    """Too many wrong passwords for the account from this address; wait ``retry_after`` s."""
 
     def __init__(self, retry_after: int):
         super().__init__(f"retry after {retry_after}s")
@@ -92,10 +93,28 @@ def register(
         updated_at=now,
     )
     session.add(user)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as error:
+        # A registration of the same email or username committed between the
+        # check above and this insert: the database's unique index said so.
+        field = _taken_field(error)
+        log.info("registration refused reason=%s_taken", field.replace(" ", "_"))
+        raise AccountExists(field) from None
     announce.created(session, user)
     log.info("registered user_id=%s", user.id)
     return user
+
+
+def _taken_field(error: IntegrityError) -> str:
+    """Which unique column a failed insert of a user collided on: email, username, or both."""
+    diag = getattr(error.orig, "diag", None)  # PostgreSQL names the constraint
+    where = getattr(diag, "constraint_name", None) or str(error.orig)  # SQLite: "users.email"
+    if "username" in where:
+        return "username"
+    if "email" in where:
+        return "email"
+    return "email or username"
 
 
 def find_for_login(session: Session, *, email: str | None, username: str | None) -> User | None:
@@ -107,6 +126,19 @@ def find_for_login(session: Session, *, email: str | None, username: str | None)
     ).first()
 
 
+def throttle_account(user: User | None, *, email: str | None, username: str | None) -> str:
+    """The account a password attempt counts against in the login throttle.
+
+    A known account is its id, whichever of email and username named it; an
+    unknown one a digest of the name it was asked for (fixed size), counted
+    and refused exactly like a known account's, so 429s reveal nothing.
+    """
+    if user is not None:
+        return f"user:{user.id}"
+    named = normalise_email(email) if email is not None else f"@{(username or '').strip().lower()}"
+    return "unknown:" + hashlib.sha256(named.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def authenticate(
     session: Session,
     hasher: PasswordHasher,
@@ -115,42 +147,58 @@ def authenticate(
     email: str | None,
     username: str | None,
     password: str,
+    address: str,
 ) -> User:
     """The account whose password this is, or InvalidCredentials/LoginThrottled/AccountInactive.
 
-    An unknown account costs one bcrypt verification like a known one, and is
-    throttled the same way, so neither timing nor 429s reveal which accounts exist.
+    Failures count per account and client ``address``. An unknown account
+    costs one bcrypt verification like a known one, and is throttled the same
+    way, so neither timing nor 429s reveal which accounts exist. A throttled
+    attempt checks no password at all, known account or not.
     """
     user = find_for_login(session, email=email, username=username)
-    if user is not None:
-        account = f"user:{user.id}"
-    else:
-        named = normalise_email(email) if email is not None else f"@{(username or '').lower()}"
-        account = "unknown:" + hashlib.sha256(named.encode("utf-8", "surrogatepass")).hexdigest()
-    retry_after = throttle.retry_after(account)
+    account = throttle_account(user, email=email, username=username)
+    retry_after = throttle.attempt(account, address)
     if retry_after is not None:
-        hasher.burn(password)
         log.info("login refused reason=throttled user_id=%s", user.id if user else "-")
         raise LoginThrottled(retry_after)
     if user is None:
         hasher.burn(password)
-        throttle.record_failure(account)
         log.info("login failed reason=unknown_account")
         raise InvalidCredentials()
     if not hasher.verify(password, user.password_hash):
-        throttle.record_failure(account)
         log.info("login failed reason=wrong_password user_id=%s", user.id)
         raise InvalidCredentials()
+    throttle.clear(account, address)
     if not user.is_active:
         log.info("login refused reason=account_disabled user_id=%s", user.id)
         raise AccountInactive()
-    throttle.clear(account)
     if hasher.needs_rehash(user.password_hash):
         # The cost was raised since this hash was made: upgrade it while we know the password.
         user.password_hash = hasher.hash(password)
         log.info("password rehashed user_id=%s rounds=%d", user.id, hasher.rounds)
     log.info("login ok user_id=%s", user.id)
     return user
+
+
+def check_current_password(
+    hasher: PasswordHasher, throttle: LoginThrottle, user: User, password: str, address: str
+) -> None:
+    """The signed-in user's password, re-checked: a failure of the login throttle's counter.
+
+    A stolen access token must not allow more guesses at the password than
+    the login form: wrong passwords count against the account from
+    ``address`` like failed logins, and once over the limit the password is
+    not even checked (LoginThrottled).
+    """
+    account = throttle_account(user, email=None, username=None)
+    retry_after = throttle.attempt(account, address)
+    if retry_after is not None:
+        log.info("password check refused reason=throttled user_id=%s", user.id)
+        raise LoginThrottled(retry_after)
+    if not hasher.verify(password, user.password_hash):
+        raise InvalidCredentials()
+    throttle.clear(account, address)
 
 
 def revoke_everything(session: Session, revocation: RevocationStore, user: User) -> int:
@@ -169,16 +217,24 @@ def change_password(
     session: Session,
     hasher: PasswordHasher,
     revocation: RevocationStore,
+    throttle: LoginThrottle,
     user: User,
     *,
     current_password: str,
     new_password: str,
     min_length: int,
+    address: str,
 ) -> None:
-    """Replace the password after checking the current one; every earlier token dies."""
-    if not hasher.verify(current_password, user.password_hash):
+    """Replace the password after checking the current one; every earlier token dies.
+
+    A wrong current password is a failure of the login throttle (see
+    :func:`check_current_password`).
+    """
+    try:
+        check_current_password(hasher, throttle, user, current_password, address)
+    except InvalidCredentials:
         log.info("password change refused reason=wrong_password user_id=%s", user.id)
-        raise InvalidCredentials()
+        raise
     check_policy(new_password, email=user.email, username=user.username, min_length=min_length)
     user.password_hash = hasher.hash(new_password)
     revoke_everything(session, revocation, user)
@@ -193,11 +249,23 @@ def _remove(session: Session, user: User) -> None:
     session.flush()
 
 
-def delete_account(session: Session, hasher: PasswordHasher, user: User, password: str) -> None:
-    """Delete the account after checking its password; publish a ``deleted`` sync."""
-    if not hasher.verify(password, user.password_hash):
+def delete_account(
+    session: Session,
+    hasher: PasswordHasher,
+    throttle: LoginThrottle,
+    user: User,
+    password: str,
+    address: str,
+) -> None:
+    """Delete the account after checking its password; publish a ``deleted`` sync.
+
+    A wrong password is a failure of the login throttle (see :func:`check_current_password`).
+    """
+    try:
+        check_current_password(hasher, throttle, user, password, address)
+    except InvalidCredentials:
         log.info("account deletion refused reason=wrong_password user_id=%s", user.id)
-        raise InvalidCredentials()
+        raise
     user_id = user.id
     _remove(session, user)
     announce.deleted(session, user_id)

@@ -26,9 +26,11 @@ from common.config import (
     web_settings_values,
 )
 
-# A fixed, public development pepper. It only keeps the pre-hash keyed; production
-# sets PASSWORD_PEPPER to its own secret (changing it invalidates every stored hash).
+# A fixed, public development pepper, used only with APP_ENV=development (which
+# `make run` sets). Anywhere else PASSWORD_PEPPER must be a secret of its own, and
+# this value or none stops the process (changing it invalidates every stored hash).
 DEV_PASSWORD_PEPPER = "auth-app-development-pepper"
+DEVELOPMENT = "development"
 DEFAULT_CLIENT_ID = "auth_app"
 
 
@@ -40,7 +42,7 @@ class AuthSettings(WebSettings):
     redis_key_prefix: str = "auth:"
     private_key_path: Path | None = Path("keys/private.pem")
     public_key_path: Path | None = Path("keys/public.pem")
-    jwt_private_key: str | None = None
+    jwt_private_key: str | None = field(default=None, repr=False)
     jwt_public_key: str | None = None
     jwt_client_id: str = DEFAULT_CLIENT_ID
     refresh_token_expire_days: int = 30
@@ -48,12 +50,18 @@ class AuthSettings(WebSettings):
     session_max_age_days: int = 90
     bcrypt_rounds: int = 12
     password_min_length: int = 8
-    password_pepper: str = DEV_PASSWORD_PEPPER
+    #: ``APP_ENV``: only ``development`` may run on the public development pepper.
+    app_env: str = "production"
+    #: ``PASSWORD_PEPPER``; empty means the development pepper, where that is allowed.
+    #: Secrets stay out of the settings' repr, so a logged settings object shows none.
+    password_pepper: str = field(default="", repr=False)
     login_max_failures: int = 5
     login_failure_window_seconds: int = 900
     ratelimit_enabled: bool = True
     ratelimit_auth: str = "20/minute"
     ratelimit_key_prefix: str = "auth-limiter"
+    #: ``INTROSPECTION_CLIENTS``: ``(client_id, secret)`` of each client allowed to introspect.
+    introspection_clients: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     #: How long a refresh token lives.
     refresh_token_ttl: timedelta = field(init=False)
     #: How long a login lives, however often it is refreshed.
@@ -63,9 +71,32 @@ class AuthSettings(WebSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._derive("password_pepper", checked_pepper(self.password_pepper, self.app_env))
         self._derive("refresh_token_ttl", timedelta(days=self.refresh_token_expire_days))
         self._derive("session_max_age", timedelta(days=self.session_max_age_days))
         self._derive("refresh_reuse_grace", timedelta(seconds=self.refresh_reuse_grace_seconds))
+
+
+def checked_pepper(pepper: str, app_env: str) -> str:
+    """The pepper to hash with; the public development one only under ``APP_ENV=development``.
+
+    Anywhere else a missing or empty ``PASSWORD_PEPPER``, or the development
+    value itself, is a configuration error: hashes keyed with a published
+    pepper can be tested against guesses by whoever steals the database.
+    """
+    if pepper and pepper != DEV_PASSWORD_PEPPER:
+        return pepper
+    if app_env.lower() == DEVELOPMENT:
+        return DEV_PASSWORD_PEPPER
+    if not pepper:
+        raise ConfigError(
+            "PASSWORD_PEPPER must be set to a secret of its own (APP_ENV is "
+            f"{app_env!r}; only APP_ENV=development runs on the public development pepper)"
+        )
+    raise ConfigError(
+        "PASSWORD_PEPPER is the public development pepper; set a secret of its own "
+        f"(APP_ENV is {app_env!r}; the development pepper needs APP_ENV=development)"
+    )
 
 
 def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
@@ -81,6 +112,24 @@ def _rate_limit(env: Env, name: str, default: str) -> str:
     except ValueError:
         raise ConfigError(f"{name} must be a rate limit such as 20/minute, got {value!r}") from None
     return value
+
+
+def introspection_clients(env: Env) -> tuple[tuple[str, str], ...]:
+    """``INTROSPECTION_CLIENTS``: ``id:secret`` pairs, comma-separated; none by default.
+
+    An error names the entry by its position, never its text: that holds a secret.
+    """
+    clients: dict[str, str] = {}
+    for position, entry in enumerate(env.list("INTROSPECTION_CLIENTS"), 1):
+        client_id, colon, secret = (part.strip() for part in entry.partition(":"))
+        if not (colon and client_id and secret):
+            raise ConfigError(
+                f"INTROSPECTION_CLIENTS entry {position} is not id:secret (both non-empty)"
+            )
+        if client_id in clients:
+            raise ConfigError(f"INTROSPECTION_CLIENTS names client {client_id!r} twice")
+        clients[client_id] = secret
+    return tuple(clients.items())
 
 
 def load_settings(
@@ -107,12 +156,14 @@ def load_settings(
         session_max_age_days=env.int("SESSION_MAX_AGE_DAYS", 90, minimum=1, maximum=3650),
         bcrypt_rounds=env.int("BCRYPT_ROUNDS", 12, minimum=4, maximum=31),
         password_min_length=env.int("PASSWORD_MIN_LENGTH", 8, minimum=1, maximum=1024),
-        password_pepper=env.str("PASSWORD_PEPPER", DEV_PASSWORD_PEPPER),
+        app_env=env.str("APP_ENV", "production"),
+        password_pepper=env.str("PASSWORD_PEPPER", ""),
         login_max_failures=env.int("LOGIN_MAX_FAILURES", 5, minimum=0),
         login_failure_window_seconds=env.int("LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1),
         ratelimit_enabled=env.bool("RATELIMIT_ENABLED", True),
         ratelimit_auth=_rate_limit(env, "RATELIMIT_AUTH", "20/minute"),
         ratelimit_key_prefix=env.str("RATELIMIT_KEY_PREFIX", "auth-limiter"),
+        introspection_clients=introspection_clients(env),
     )
     return build_settings(
         AuthSettings, values, overrides, lambda: database_url_from_env(env.environ)

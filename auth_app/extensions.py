@@ -1,11 +1,12 @@
 """What an auth app makes once and every request shares, attached by :func:`init_app`.
 
 The database, the Redis client and the stores on it (revocations, the login
-throttle), the password hasher, the signing keys and the token issuer live in
-``app.extensions``; the functions below hand the current app's to views, the
-CLI and the access check. The per-address rate limiter is flask-limiter's, one
-per process (flask-limiter keeps one app's storage and switches; a process
-serves one app), so views can name it in ``@limiter.limit``.
+throttle per account and address), the password hasher, the signing keys and
+the token issuer live in ``app.extensions``; the functions below hand the
+current app's to views, the CLI and the access check. The per-address rate
+limiter is flask-limiter's, one per process (flask-limiter keeps one app's
+storage and switches; a process serves one app), so views can name it in
+``@limiter.limit``.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import click
 import redis
 from flask import Flask, current_app
 from flask_limiter import Limiter, RateLimitExceeded
-from flask_limiter.util import get_remote_address
 from sqlalchemy.exc import OperationalError
 
 from auth_app.access import AccessCheck
 from auth_app.config import AuthSettings
+from auth_app.introspection import IntrospectionClients
 from auth_app.login_throttle import LoginThrottle
 from auth_app.models import Base
 from auth_app.passwords import PasswordHasher
@@ -32,18 +33,20 @@ from common.config import ConfigError
 from common.flask_db import Database
 from common.keys import KeyRing
 from common.tokens import TokenVerifier
-from common.web import ServiceApi
+from common.web import ServiceApi, client_address
 
 TOO_MANY_REQUESTS = "Too many requests from this address; try again later"
 
 
 def _limited_client() -> str:
     # The app's own prefix goes into the key: flask-limiter keeps the prefix of
-    # the first app it served, and test processes build many apps.
-    return f"{settings().ratelimit_key_prefix}:{get_remote_address()}"
+    # the first app it served, and test processes build many apps. The address
+    # is the client's behind TRUSTED_PROXY_COUNT proxies (common.web).
+    return f"{settings().ratelimit_key_prefix}:{client_address()}"
 
 
-#: Per-client-address limits on the endpoints anyone may call (register, login, refresh).
+#: Per-client-address limits on the endpoints anyone may call (register, login, refresh),
+#: each endpoint its own bucket (flask-limiter scopes a limit to its endpoint).
 limiter = Limiter(key_func=_limited_client, default_limits=[], headers_enabled=False)
 
 
@@ -115,6 +118,7 @@ def init_app(app: Flask, api: ServiceApi, settings: AuthSettings) -> None:
         leeway=settings.jwt_leeway_seconds,
     )
     BearerAuth(verifier, AccessCheck(revocation), realm="auth").init_app(app)
+    app.extensions["introspection_clients"] = IntrospectionClients(settings.introspection_clients)
     api.map_errors(
         app,
         {
@@ -174,6 +178,11 @@ def login_throttle() -> LoginThrottle:
 def password_hasher() -> PasswordHasher:
     """The current app's password hasher."""
     return cast(PasswordHasher, current_app.extensions["password_hasher"])
+
+
+def introspection_clients() -> IntrospectionClients:
+    """The current app's clients allowed to introspect tokens."""
+    return cast(IntrospectionClients, current_app.extensions["introspection_clients"])
 
 
 def token_issuer() -> TokenIssuer:

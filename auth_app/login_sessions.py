@@ -148,7 +148,10 @@ def rotate(
         if cast(CursorResult, result).rowcount == 1:
             return family, _issue(session, family, now, ttl)
         session.refresh(row)
-    if row.rotated_at is not None and now - row.rotated_at <= grace:
+    # ``now`` was read before the lock: a refresh that waited on the one that
+    # rotated the token can see a rotation "after" its own now. No grace (0)
+    # must still mean that nothing answers twice.
+    if grace > timedelta(0) and row.rotated_at is not None and now - row.rotated_at <= grace:
         return family, _issue(session, family, now, ttl)
     raise RefreshTokenReused(family)
 

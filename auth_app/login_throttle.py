@@ -1,17 +1,30 @@
-"""Failed-login throttle per account, in Redis.
+"""Failed-password throttle per account and client address, in Redis.
 
-After ``max_failures`` failures inside a window the account answers 429 until
-the window (counted from the first failure) has passed; there is no
-permanent lockout, and a successful login clears the count.
+Wrong passwords are counted per account *and* address: after ``max_failures``
+inside a window (counted from the first failure) that address answers 429 for
+that account until the window has passed, while the account's owner at any
+other address is not held up. There is no permanent lockout, and a right
+password from an address clears that address's count.
+
+Each attempt is counted before its password is checked, in one atomic step
+with the check of the limit, so a burst of parallel guesses gets no more than
+``max_failures`` of them checked; a right password then takes its own attempt
+back by clearing the count.
+
+A key is a digest of the account and the address, of a fixed size whatever a
+client sends, and expires with its window: Redis holds at most one small key
+per account and address that failed within the last window.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import redis
 
 
 class LoginThrottle:
-    """Count failed logins per account key inside a fixed window."""
+    """Count failed passwords per (account, address) inside a fixed window."""
 
     def __init__(self, client: redis.Redis, prefix: str, *, max_failures: int, window: int):
         self.client = client
@@ -19,30 +32,30 @@ class LoginThrottle:
         self.max_failures = max_failures
         self.window = window
 
-    def _key(self, account: str) -> str:
-        return f"{self.prefix}login_failures:{account}"
+    def _key(self, account: str, address: str) -> str:
+        digest = hashlib.sha256(f"{account}\0{address}".encode("utf-8", "surrogatepass"))
+        return f"{self.prefix}login_failures:{digest.hexdigest()}"
 
-    def retry_after(self, account: str) -> int | None:
-        """Seconds until ``account`` may try again, or None when it may try now."""
+    def attempt(self, account: str, address: str) -> int | None:
+        """Count one password attempt for ``account`` from ``address``.
+
+        Returns the seconds to wait when the limit is already reached (the
+        password must then not be checked), else None: the attempt counts as a
+        failure unless :meth:`clear` follows it.
+        """
         if self.max_failures <= 0:
             return None
-        pipe = self.client.pipeline()
-        pipe.get(self._key(account))
-        pipe.ttl(self._key(account))
-        count, ttl = pipe.execute()
-        if count is None or int(count) < self.max_failures:
+        key = self._key(account, address)
+        pipe = self.client.pipeline()  # MULTI/EXEC: the count and its window are set together
+        pipe.incr(key)
+        pipe.expire(key, self.window, nx=True)
+        pipe.ttl(key)
+        count, _, ttl = pipe.execute()
+        if int(count) <= self.max_failures:
             return None
         return max(int(ttl), 1)
 
-    def record_failure(self, account: str) -> None:
-        """Count one failed login; the first failure starts the window."""
-        if self.max_failures <= 0:
-            return
-        pipe = self.client.pipeline()
-        pipe.incr(self._key(account))
-        pipe.expire(self._key(account), self.window, nx=True)
-        pipe.execute()
-
-    def clear(self, account: str) -> None:
-        """Forget the failures of ``account`` (after a successful login)."""
-        self.client.delete(self._key(account))
+    def clear(self, account: str, address: str) -> None:
+        """Forget the failures of ``account`` from ``address`` (its right password came)."""
+        if self.max_failures > 0:
+            self.client.delete(self._key(account, address))

@@ -38,7 +38,8 @@ def create_app() -> Flask:
     issuer = os.environ.get("JWT_ISSUER", "http://127.0.0.1:5001")
     audience = os.environ.get("JWT_AUDIENCE", "user-service")
     engine = create_engine(
-        os.environ["USER_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1)
+        os.environ["USER_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1),
+        hide_parameters=True,
     )
 
     @app.get("/health")

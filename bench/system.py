@@ -100,6 +100,8 @@ class System:
     def environ(self, **extra: str) -> dict[str, str]:
         """The environment every process of the system gets."""
         env = dict(os.environ)
+        # A developer's machine, as under `make run`: the development pepper is allowed.
+        env.setdefault("APP_ENV", "development")
         env.update(
             AUTH_DATABASE_URL=self.auth_db,
             USER_DATABASE_URL=self.user_db,

@@ -253,6 +253,9 @@ class WebSettings:
     log_level: str = "INFO"
     log_format: str = "json"
     max_content_length: int = 64 * 1024
+    #: Reverse proxies in front (``TRUSTED_PROXY_COUNT``): the client's address is
+    #: that many hops from the right of X-Forwarded-For; 0, the connection's peer.
+    trusted_proxy_count: int = 0
     #: The role names there are (``ROLES``); ``user`` is every account's, ``admin`` administers.
     roles: tuple[str, ...] = DEFAULT_ROLES
     # Tests on in-memory SQLite: create the tables from the models (Alembic owns them otherwise).
@@ -313,6 +316,7 @@ def web_settings_values(env: Env, *, leeway_minimum: int, access_maximum: int | 
         "log_level": env.choice("LOG_LEVEL", "info", LOG_LEVELS).upper(),
         "log_format": env.choice("LOG_FORMAT", "json", ("json", "text")),
         "roles": role_names(env),
+        "trusted_proxy_count": env.int("TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=10),
     }
 
 
@@ -320,7 +324,7 @@ def role_names(env: Env) -> tuple[str, ...]:
     """``ROLES``: comma-separated role names, ``user`` and ``admin`` among them."""
     names = tuple(dict.fromkeys(env.list("ROLES"))) or DEFAULT_ROLES
     for name in names:
-        if not ROLE_NAME.match(name):
+        if not ROLE_NAME.fullmatch(name):
             raise ConfigError(f"ROLES: {name!r} is not a role name ({ROLE_NAME_ERROR})")
     missing = [name for name in DEFAULT_ROLES if name not in names]
     if missing:

@@ -78,6 +78,10 @@ def make_engine(
 ) -> Engine:
     """An engine with pooling and dead-connection checks; in-memory SQLite shares one connection.
 
+    Statement parameters are never part of an error's text
+    (``hide_parameters``): a failed INSERT's exception, logged or shown, would
+    otherwise carry the row, a password hash or a token hash included.
+
     On PostgreSQL a pooled connection is checked before it is handed out. By
     default with a ``SELECT 1`` round trip on every checkout (pre-ping). With
     ``ping_idle_after`` set, only when it may be dead: its socket shows that the
@@ -92,7 +96,7 @@ def make_engine(
         kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
         if url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url:
             kwargs["poolclass"] = StaticPool
-        engine = create_engine(url, **kwargs)
+        engine = create_engine(url, hide_parameters=True, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -116,6 +120,7 @@ def make_engine(
         max_overflow=max_overflow,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5},
+        hide_parameters=True,
     )
     if ping_idle_after is not None:
         _ping_suspect_connections(engine, ping_idle_after)

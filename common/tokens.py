@@ -56,7 +56,9 @@ class TokenVerifier:
             raise InvalidToken("malformed token")
         try:
             header = _unverified_header(token)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, RecursionError):
+            # RecursionError: a header of JSON nested thousands deep, which
+            # json.loads (here or in PyJWT) cannot read.
             raise InvalidToken("malformed token") from None
         if header.get("alg") != ALGORITHM:
             raise InvalidToken("unsupported algorithm")
@@ -96,7 +98,7 @@ class TokenVerifier:
             if isinstance(error, jwt.InvalidSignatureError) or _readable(token):
                 raise InvalidToken("invalid token") from None
             raise InvalidToken("malformed token") from None
-        except (jwt.PyJWTError, ValueError, TypeError):
+        except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
             raise InvalidToken("invalid token") from None
         if not isinstance(claims, dict):
             raise InvalidToken("invalid token")
@@ -138,7 +140,7 @@ def _unverified_header(token: str) -> dict:
         try:
             raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
             header = json.loads(raw)
-        except (binascii.Error, ValueError):
+        except (binascii.Error, ValueError, RecursionError):
             header = None
         if (
             isinstance(header, dict)
@@ -153,6 +155,6 @@ def _readable(token: str) -> bool:
     """Whether PyJWT can read the token's segments at all (its signature aside)."""
     try:
         jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, RecursionError):
         return False
     return True

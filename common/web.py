@@ -1,34 +1,42 @@
 """Flask plumbing both services share: the API object, request ids, errors, health.
 
 ``create_api`` wires one service: flask-smorest's Api (which owns the error
-JSON), request ids on every response and log line, security headers, CORS,
-offline Swagger UI and the ``/health`` endpoints.
+JSON), the client's address behind trusted proxies, request ids on every
+response and log line, security headers, CORS, offline Swagger UI
+(:mod:`common.docs`) and the ``/health`` endpoints. Every resource is a
+:class:`ServiceBlueprint`, whose parser answers any body Python cannot load
+with a 400.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NoReturn
 
 import swagger_ui_bundle
 from apispec import BasePlugin
 from flask import Flask, Response, g, request, send_from_directory
 from flask.views import MethodView
 from flask_cors import CORS
-from flask_smorest import Api, Blueprint, pagination
+from flask_smorest import Api, Blueprint, abort, pagination
 from marshmallow import Schema, fields
+from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import (
     HTTPException,
     InternalServerError,
     MethodNotAllowed,
     default_exceptions,
 )
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common.config import S, WebSettings, split_overrides
+from common.docs import install_docs
 from common.logging import configure_logging, request_id_var
 
 log = logging.getLogger("request")
@@ -66,6 +74,42 @@ class ErrorResponsesPlugin(BasePlugin):
                     responses[status] = response
 
 
+class JsonBodyParser(FlaskParser):
+    """webargs' Flask parser, answering 400 for every body that is not JSON Python can load.
+
+    webargs turns invalid JSON into a 400, but ``json.loads`` refuses more than
+    that: nesting deeper than the interpreter's recursion limit (RecursionError)
+    and an integer of more than ``sys.get_int_max_str_digits()`` digits, 4300
+    by default (ValueError). Those would end as 500s.
+    """
+
+    def _raw_load_json(self, req: Any) -> Any:
+        try:
+            return super()._raw_load_json(req)
+        except json.JSONDecodeError:
+            raise  # webargs' own answer (a 400, or nothing for an empty body)
+        except RecursionError:
+            _invalid_json("JSON nested too deeply.")
+        except ValueError:
+            _invalid_json("A number in the JSON has too many digits.")
+
+    def _handle_invalid_json_error(self, error: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
+        _invalid_json("Not valid JSON.")
+
+
+def _invalid_json(reason: str) -> NoReturn:
+    abort(400, message=f"Invalid JSON body: {reason}", errors={"json": [reason]})
+
+
+class ServiceBlueprint(Blueprint):
+    """flask-smorest's Blueprint, reading bodies with :class:`JsonBodyParser`.
+
+    Every blueprint of both services is one (``ServiceApi`` refuses any other).
+    """
+
+    ARGUMENTS_PARSER = JsonBodyParser()
+
+
 class ServiceApi(Api):
     """flask-smorest's Api, with a ``message`` on every error body (404 and 405 included)."""
 
@@ -83,6 +127,12 @@ class ServiceApi(Api):
             },
             lazy=True,
         )
+
+    def register_blueprint(self, blp: Blueprint, **options: Any) -> None:
+        """Register ``blp``, which must be a :class:`ServiceBlueprint`."""
+        if not isinstance(blp, ServiceBlueprint):
+            raise TypeError(f"blueprint {blp.name!r} is not a common.web.ServiceBlueprint")
+        super().register_blueprint(blp, **options)
 
     def handle_http_exception(self, error: HTTPException) -> Any:
         """Answer any HTTP error in flask-smorest's shape with a human-readable message.
@@ -120,7 +170,7 @@ def new_request_id() -> str:
 
 def accept_request_id(value: str | None) -> str:
     """The caller's request id when it is 1-128 printable characters, else a new one."""
-    if value and _REQUEST_ID_RE.match(value) and value == value.strip():
+    if value and _REQUEST_ID_RE.fullmatch(value) and value == value.strip():
         return value
     return new_request_id()
 
@@ -187,15 +237,13 @@ def _install_swagger_assets(app: Flask) -> None:
 
 
 def openapi_config(title: str, version: str = "1.0.0") -> dict:
-    """The flask-smorest settings that serve ``/openapi.json`` and offline ``/docs``."""
+    """The flask-smorest settings that serve ``/openapi.json`` (``/docs`` is common.docs')."""
     return {
         "API_TITLE": title,
         "API_VERSION": version,
         "OPENAPI_VERSION": "3.0.3",
         "OPENAPI_URL_PREFIX": "/",
         "OPENAPI_JSON_PATH": "openapi.json",
-        "OPENAPI_SWAGGER_UI_PATH": "/docs",
-        "OPENAPI_SWAGGER_UI_URL": SWAGGER_ASSETS,
     }
 
 
@@ -215,6 +263,64 @@ def init_cors(app: Flask, origins: list[str]) -> None:
         allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
         max_age=600,
     )
+
+
+_PEER_ENVIRON_KEY = "common.web.peer"
+
+
+def _ip_address(value: str | None) -> str | None:
+    """``value`` as a normalised IP address, a port some routers add dropped; None if it is none."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.startswith("["):  # [2001:db8::1]:443
+        value = value[1:].partition("]")[0]
+    elif value.count(":") == 1:  # 192.0.2.1:443
+        value = value.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+class TrustedProxies:
+    """WSGI middleware: the client's address as ``count`` trusted reverse proxies saw it.
+
+    Werkzeug's ProxyFix with ``x_for=count`` takes the address ``count`` hops
+    from the right of X-Forwarded-For (each proxy appends the peer it saw;
+    whatever a client wrote further left is never read), and the peer when the
+    header has fewer entries. Only X-Forwarded-For is trusted: the services
+    build no URL from the request's scheme or host (the issuer and every link
+    come from settings), so X-Forwarded-Proto/Host would only be one more
+    input to spoof. A value that is not an IP address (a proxy miscounted)
+    leaves the peer's address, so nothing but an address reaches a rate-limit
+    key, a log line or a stored record.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], count: int) -> None:
+        self.app = app
+        self.fix = ProxyFix(self._checked, x_for=count, x_proto=0, x_host=0, x_port=0, x_prefix=0)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        environ[_PEER_ENVIRON_KEY] = environ.get("REMOTE_ADDR")
+        return self.fix(environ, start_response)
+
+    def _checked(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        peer = environ[_PEER_ENVIRON_KEY]
+        if environ.get("REMOTE_ADDR") != peer:
+            environ["REMOTE_ADDR"] = _ip_address(environ.get("REMOTE_ADDR")) or peer
+        return self.app(environ, start_response)
+
+
+def trust_proxies(app: Flask, count: int) -> None:
+    """Take the client's address from X-Forwarded-For when ``count`` (TRUSTED_PROXY_COUNT) > 0."""
+    if count > 0:
+        app.wsgi_app = TrustedProxies(app.wsgi_app, count)  # type: ignore[method-assign]
+
+
+def client_address() -> str:
+    """The current request's client address (behind ``TRUSTED_PROXY_COUNT`` proxies)."""
+    return request.remote_addr or "-"
 
 
 def service_app(
@@ -243,6 +349,7 @@ def create_api(app: Flask, settings: WebSettings, *, title: str) -> ServiceApi:
     for key, value in openapi_config(title).items():
         app.config.setdefault(key, value)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
+    trust_proxies(app, settings.trusted_proxy_count)
     _install_request_ids(app)
     _install_swagger_assets(app)
     api = ServiceApi(
@@ -250,6 +357,13 @@ def create_api(app: Flask, settings: WebSettings, *, title: str) -> ServiceApi:
         spec_kwargs={"servers": [{"url": "/"}], "extra_plugins": [ErrorResponsesPlugin()]},
     )
     api.spec.components.security_scheme("bearerAuth", BEARER_SCHEME)
+    install_docs(
+        app,
+        title=app.config["API_TITLE"],
+        spec_url="/openapi.json",
+        assets=SWAGGER_ASSETS,
+        ui_config=app.config.get("OPENAPI_SWAGGER_UI_CONFIG"),
+    )
     init_cors(app, list(settings.cors_origins))
     return api
 
@@ -269,7 +383,9 @@ class ReadinessSchema(Schema):
 
 def health_blueprint(checks: dict[str, Callable[[], object]]) -> Blueprint:
     """``GET /health`` (no dependency touched) and ``GET /health/ready`` (each check run)."""
-    blp = Blueprint("health", __name__, url_prefix="/health", description="Liveness and readiness")
+    blp = ServiceBlueprint(
+        "health", __name__, url_prefix="/health", description="Liveness and readiness"
+    )
 
     @blp.route("")
     class Liveness(MethodView):

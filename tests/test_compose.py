@@ -445,7 +445,9 @@ def test_every_process_waits_for_the_servers_its_urls_name(base):
 
 
 @pytest.mark.parametrize("variant", ["base", "merged"])
-def test_every_process_accepts_the_environment_compose_gives_it(variant, base, merged):
+def test_every_process_accepts_the_environment_compose_gives_it(
+    variant, base, merged, compose_base
+):
     # A bad value would stop the container at start with a configuration error.
     from auth_app.config import load_settings as auth_settings
     from common.config import Env, database_url
@@ -453,6 +455,10 @@ def test_every_process_accepts_the_environment_compose_gives_it(variant, base, m
     from workers.settings import BrokerSettings
 
     services = {"base": base, "merged": merged}[variant]["services"]
+    if variant == "base":
+        # Production-like: the operator's shell (or .env) supplies the pepper.
+        with_pepper = interpolate_tree(compose_base, {"PASSWORD_PEPPER": "pepper-of-this-host"})
+        services = with_pepper["services"]
     auth = auth_settings(environ=environment_of(services["auth"]))
     assert auth.database_url.startswith("postgresql://auth:")
     assert auth.redis_url == "redis://redis:6379/0"
@@ -467,6 +473,33 @@ def test_every_process_accepts_the_environment_compose_gives_it(variant, base, m
         env = Env(environment_of(services[name]))
         assert database_url(env, prefix, prefix.lower()).startswith("postgresql://"), name
         assert BrokerSettings.from_env(env).url.startswith("amqp://"), name
+    for name in AUTH_SETTINGS_LOADERS:
+        auth_settings(environ=environment_of(services[name]))
+
+
+# Every service whose process loads the auth service's settings, and so checks the pepper.
+AUTH_SETTINGS_LOADERS = ("auth", "keys", "auth_relay", "auth_worker")
+
+
+def test_production_like_compose_refuses_to_start_without_a_pepper(base):
+    from auth_app.config import load_settings as auth_settings
+    from common.config import ConfigError
+
+    for name in AUTH_SETTINGS_LOADERS:
+        environ = environment_of(base["services"][name])
+        assert environ["APP_ENV"] == "production", name
+        with pytest.raises(ConfigError, match="^PASSWORD_PEPPER must be set"):
+            auth_settings(environ=environ)
+
+
+def test_development_compose_runs_on_the_development_pepper(merged):
+    from auth_app.config import DEV_PASSWORD_PEPPER
+    from auth_app.config import load_settings as auth_settings
+
+    for name in AUTH_SETTINGS_LOADERS:
+        environ = environment_of(merged["services"][name])
+        assert environ["APP_ENV"] == "development", name
+        assert auth_settings(environ=environ).password_pepper == DEV_PASSWORD_PEPPER
 
 
 def test_the_database_urls_compose_hands_out_use_the_installed_driver(base):

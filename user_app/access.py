@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import g
-from sqlalchemy import ColumnElement, exists, false, select
+from sqlalchemy import Exists, bindparam, exists, select
 from sqlalchemy.orm import Session
 
 from common.auth import AccountDisabled
@@ -31,10 +31,16 @@ class AccessState:
     session_revoked: bool = False
 
 
-def _revoked(sid: str | None) -> ColumnElement[bool]:
-    if not sid:
-        return false()
+def _revoked(sid: Any) -> Exists:
     return exists().where(RevokedSession.session_id == sid)
+
+
+# Built once: the statement object, and with it SQLAlchemy's cache key, is
+# reused by every request instead of being put together again each time. A
+# token without ``sid`` binds NULL, which no revoked session matches.
+_PROFILE_AND_SESSION = select(Profile, _revoked(bindparam("sid")).label("session_revoked")).where(
+    Profile.id == bindparam("user_id")
+)
 
 
 def access_state(session: Session, user_id: str, sid: str | None = None) -> AccessState:
@@ -43,9 +49,7 @@ def access_state(session: Session, user_id: str, sid: str | None = None) -> Acce
     For a user with a profile, the common case, one statement reads the
     profile and whether login session ``sid`` was revoked.
     """
-    row = session.execute(
-        select(Profile, _revoked(sid).label("session_revoked")).where(Profile.id == user_id)
-    ).first()
+    row = session.execute(_PROFILE_AND_SESSION, {"user_id": user_id, "sid": sid}).first()
     if row is not None:
         profile = row[0]
         return AccessState(profile, False, profile.tokens_valid_after, bool(row[1]))

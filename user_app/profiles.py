@@ -55,7 +55,7 @@ def fold_pending_revocation(session: Session, profile: Profile) -> None:
 
 def clean_roles(roles: Iterable[object]) -> list[str]:
     """Valid role names only, each once, in their first order."""
-    return list(dict.fromkeys(r for r in roles if isinstance(r, str) and ROLE_NAME.match(r)))
+    return list(dict.fromkeys(r for r in roles if isinstance(r, str) and ROLE_NAME.fullmatch(r)))
 
 
 def _claim_str(claims: Mapping[str, Any], name: str, limit: int) -> str:

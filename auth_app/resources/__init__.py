@@ -7,6 +7,7 @@ from sqlalchemy import text
 from auth_app.config import AuthSettings
 from auth_app.extensions import redis_client
 from auth_app.resources.account.routes import blp as account
+from auth_app.resources.auth.routes import INTROSPECTION_SCHEME
 from auth_app.resources.auth.routes import blp as auth
 from auth_app.resources.jwks.routes import blp as jwks
 from common.flask_db import get_session
@@ -35,6 +36,14 @@ def _document_body_rules(api: ServiceApi, password_min_length: int) -> None:
 
 def register_resources(api: ServiceApi, settings: AuthSettings) -> None:
     """Register every blueprint of the auth service, health checks included."""
+    api.spec.components.security_scheme(
+        INTROSPECTION_SCHEME,
+        {
+            "type": "http",
+            "scheme": "basic",
+            "description": "A client of INTROSPECTION_CLIENTS: its id and secret",
+        },
+    )
     for blueprint in (auth, account, jwks):
         api.register_blueprint(blueprint)
     api.register_blueprint(health_blueprint({"database": _database_ready, "redis": _redis_ready}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from pathlib import Path
@@ -15,6 +16,8 @@ from common.keys import load_private_key
 from tests.support.servers import check_redis, run_id, write_test_keys
 
 PASSWORD = "Tr0ub4dor&3-staple"
+# The resource server the test apps let introspect tokens: (id, secret).
+INTROSPECTION_CLIENT = ("resource-server", "rs-secret-1f0c6e")
 
 
 @pytest.fixture(scope="session")
@@ -44,29 +47,35 @@ def private_key(key_paths):
     return load_private_key(key_paths[0].read_bytes(), "test key")
 
 
+def app_settings(key_paths: tuple[Path, Path], redis_prefix: str, **overrides) -> dict:
+    """Test settings of an auth app under a fresh Redis namespace; ``overrides`` win."""
+    namespace = f"{redis_prefix}{uuid.uuid4().hex[:8]}:"
+    config = {
+        "TESTING": True,
+        "DATABASE_URL": "sqlite://",
+        "CREATE_SCHEMA": True,
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "REDIS_KEY_PREFIX": namespace,
+        "RATELIMIT_KEY_PREFIX": namespace + "limiter",
+        "RATELIMIT_ENABLED": False,
+        "PRIVATE_KEY_PATH": key_paths[0],
+        "PUBLIC_KEY_PATH": key_paths[1],
+        "JWT_PRIVATE_KEY": None,
+        "JWT_PUBLIC_KEY": None,
+        "BCRYPT_ROUNDS": 4,
+        "LOG_FORMAT": "text",
+        "INTROSPECTION_CLIENTS": (INTROSPECTION_CLIENT,),
+    }
+    config.update(overrides)
+    return config
+
+
 @pytest.fixture
 def make_app(key_paths, redis_prefix):
     """Build an auth app with test settings; keyword arguments override them."""
 
     def factory(**overrides):
-        namespace = f"{redis_prefix}{uuid.uuid4().hex[:8]}:"
-        config = {
-            "TESTING": True,
-            "DATABASE_URL": "sqlite://",
-            "CREATE_SCHEMA": True,
-            "REDIS_URL": "redis://127.0.0.1:6379/0",
-            "REDIS_KEY_PREFIX": namespace,
-            "RATELIMIT_KEY_PREFIX": namespace + "limiter",
-            "RATELIMIT_ENABLED": False,
-            "PRIVATE_KEY_PATH": key_paths[0],
-            "PUBLIC_KEY_PATH": key_paths[1],
-            "JWT_PRIVATE_KEY": None,
-            "JWT_PUBLIC_KEY": None,
-            "BCRYPT_ROUNDS": 4,
-            "LOG_FORMAT": "text",
-        }
-        config.update(overrides)
-        return create_app(config)
+        return create_app(app_settings(key_paths, redis_prefix, **overrides))
 
     return factory
 
@@ -89,6 +98,19 @@ def runner(app):
 def bearer(token: str) -> dict:
     """The Authorization header for ``token``."""
     return {"Authorization": f"Bearer {token}"}
+
+
+def basic(client_id: str, secret: str) -> dict:
+    """The HTTP Basic Authorization header of a client (RFC 7617)."""
+    credentials = base64.b64encode(f"{client_id}:{secret}".encode()).decode("ascii")
+    return {"Authorization": f"Basic {credentials}"}
+
+
+def introspect(client, token: str, credentials: tuple[str, str] = INTROSPECTION_CLIENT):
+    """POST the token to the introspection endpoint as the test resource server."""
+    return client.post(
+        "/api/v1/auth/introspect", json={"token": token}, headers=basic(*credentials)
+    )
 
 
 class Accounts:

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from auth_app.models import OutboxEvent
-from auth_app.tests.conftest import PASSWORD, bearer
+from auth_app.tests.conftest import PASSWORD, bearer, introspect
 from tests.support.servers import (
     RedisServer,
     allow_connections,
@@ -83,8 +83,8 @@ def test_redis_stopping_and_returning(make_app, redis_server):
     # ...but a replay must end its session in Redis too: 503, and nothing is ended.
     replay = client.post("/api/v1/auth/refresh", json={"refresh_token": live["refresh_token"]})
     assert replay.status_code == 503
-    introspect = client.post("/api/v1/auth/introspect", json={"token": revoked["access_token"]})
-    assert introspect.status_code == 503
+    introspected = introspect(client, revoked["access_token"])
+    assert introspected.status_code == 503
     ready = client.get("/health/ready")
     assert ready.status_code == 503
     assert ready.json["checks"]["redis"] == "unavailable"

@@ -1,4 +1,4 @@
-"""Login: credentials, disabled accounts, the per-account throttle and the per-IP limit."""
+"""Login: credentials, disabled accounts, the failed-login throttle and the per-IP limit."""
 
 from __future__ import annotations
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
+import flask_smorest
+import pytest
 from flask import Flask
 
 from common.config import WebSettings
 from common.logging import ContextFilter
-from common.web import create_api
+from common.web import ServiceBlueprint, create_api
 
 
 def make_app() -> Flask:
@@ -108,3 +110,12 @@ def test_each_request_is_logged_once_with_its_id_and_status(caplog):
     assert len(lines) == 1
     assert lines[0].getMessage().startswith("GET /api/plain 200 ")
     assert lines[0].request_id == "line-1"
+
+
+def test_a_blueprint_without_the_services_json_parser_is_refused():
+    # Only a ServiceBlueprint answers JSON Python cannot load with a 400, not a 500.
+    app = Flask("probe")
+    api = create_api(app, WebSettings(database_url="sqlite://", log_format="text"), title="probe")
+    with pytest.raises(TypeError, match="ServiceBlueprint"):
+        api.register_blueprint(flask_smorest.Blueprint("plain", __name__))
+    api.register_blueprint(ServiceBlueprint("service", __name__))

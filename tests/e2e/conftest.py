@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,8 @@ INHERITED_OUT = (
 
 # How long a rotated refresh token still answers in the story's system.
 REUSE_GRACE_SECONDS = 1
+# The resource server allowed to introspect tokens (its secret is made per run).
+INTROSPECTION_CLIENT = "e2e-resource-server"
 
 
 @dataclass
@@ -203,6 +206,10 @@ def system(tmp_path_factory, e2e_durations, system_env):
             PRIVATE_KEY_PATH=str(tmp / "keys" / "private.pem"),
             PUBLIC_KEY_PATH=str(tmp / "keys" / "public.pem"),
             BCRYPT_ROUNDS="4",
+            # Production-like: a pepper of its own (the development one is refused).
+            APP_ENV="production",
+            PASSWORD_PEPPER=f"e2e-pepper-{uuid.uuid4().hex}",
+            INTROSPECTION_CLIENTS=f"{INTROSPECTION_CLIENT}:{uuid.uuid4().hex}",
             # A short grace, so the story can replay a refresh token past it.
             REFRESH_REUSE_GRACE_SECONDS=str(REUSE_GRACE_SECONDS),
             LOG_FORMAT="json",

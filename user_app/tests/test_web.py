@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
+from tests.support.docs_page import check_docs_page
 from user_app import create_app
 from user_app.tests.conftest import app_config, bearer
 
@@ -72,6 +73,11 @@ def test_docs_are_served_without_any_cdn(client):
     assert "http://" not in page and "https://" not in page
     asset = client.get("/docs/assets/swagger-ui-bundle.js")
     assert asset.status_code == 200
+
+
+def test_docs_load_only_their_own_assets_under_a_same_origin_policy(client):
+    loaded = check_docs_page(client)
+    assert "/docs/assets/swagger-ui-bundle.js" in loaded
 
 
 def test_openapi_document_lists_the_user_paths(client):

@@ -6,12 +6,18 @@ from typing import Any
 
 from flask import g
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
 from flask_smorest.error_handler import ErrorSchema
 
 from auth_app import accounts, tokens
 from auth_app.access import current_user
-from auth_app.extensions import password_hasher, revocation, settings, token_issuer
+from auth_app.extensions import (
+    login_throttle,
+    password_hasher,
+    revocation,
+    settings,
+    token_issuer,
+)
 from auth_app.passwords import PasswordPolicyError
 from auth_app.resources.account.schemas import (
     DeleteAccountSchema,
@@ -23,13 +29,16 @@ from auth_app.resources.auth.routes import (
     NO_STORE,
     POLICY_REFUSED,
     REFRESH_TOKEN_EXAMPLE,
+    THROTTLED,
     policy_error,
+    throttled,
 )
 from auth_app.resources.auth.schemas import TokenPairSchema, UserSchema
 from common.auth import login_required
 from common.flask_db import get_session
+from common.web import ServiceBlueprint, client_address
 
-blp = Blueprint(
+blp = ServiceBlueprint(
     "account", __name__, url_prefix="/api/v1/auth", description="The signed-in user's account"
 )
 
@@ -46,13 +55,26 @@ class Me(MethodView):
     @blp.arguments(DeleteAccountSchema, example={"password": EXAMPLE_PASSWORD})
     @blp.response(204)
     @blp.alt_response(401, description="Wrong password")
+    @blp.alt_response(429, description=THROTTLED)
     def delete(self, data: dict) -> None:
-        """Delete the account: its email and username are free again, every token dies."""
+        """Delete the account: its email and username are free again, every token dies.
+
+        Wrong passwords count as failed logins of the account from this address.
+        """
         session = get_session()
         try:
-            accounts.delete_account(session, password_hasher(), current_user(), data["password"])
+            accounts.delete_account(
+                session,
+                password_hasher(),
+                login_throttle(),
+                current_user(),
+                data["password"],
+                client_address(),
+            )
         except accounts.InvalidCredentials:
             abort(401, message="Wrong password")
+        except accounts.LoginThrottled as error:
+            throttled(error, "Too many wrong passwords for this account; try again later")
         session.commit()
 
 
@@ -100,8 +122,12 @@ class Password(MethodView):
     @blp.response(200, TokenPairSchema)
     @blp.alt_response(401, description="Wrong current password")
     @blp.alt_response(422, schema=ErrorSchema, description=POLICY_REFUSED)
+    @blp.alt_response(429, description=THROTTLED)
     def post(self, data: dict) -> Any:
-        """Change the password; every earlier token dies and a new pair is returned."""
+        """Change the password; every earlier token dies and a new pair is returned.
+
+        Wrong current passwords count as failed logins of the account from this address.
+        """
         session = get_session()
         user = current_user()
         try:
@@ -109,13 +135,17 @@ class Password(MethodView):
                 session,
                 password_hasher(),
                 revocation(),
+                login_throttle(),
                 user,
                 current_password=data["current_password"],
                 new_password=data["new_password"],
                 min_length=settings().password_min_length,
+                address=client_address(),
             )
         except accounts.InvalidCredentials:
             abort(401, message="Wrong current password")
+        except accounts.LoginThrottled as error:
+            throttled(error, "Too many wrong passwords for this account; try again later")
         except PasswordPolicyError as error:
             policy_error(error, "new_password")
         pair = token_issuer().pair(session, user)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, NoReturn
 
+from flask import request
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
 from flask_smorest.error_handler import ErrorSchema
 
-from auth_app import accounts, tokens
+from auth_app import accounts, introspection, tokens
 from auth_app.extensions import (
     TOO_MANY_REQUESTS,
     auth_rate_limit,
+    introspection_clients,
     limiter,
     login_throttle,
     password_hasher,
@@ -29,16 +33,24 @@ from auth_app.resources.auth.schemas import (
     TokenPairSchema,
     UserSchema,
 )
-from common.auth import AccountDisabled, DependencyUnavailable, bearer_auth
+from common.auth import DependencyUnavailable, bearer_auth
 from common.flask_db import conflict_on_integrity_error, get_session
-from common.tokens import InvalidToken
+from common.web import ServiceBlueprint, client_address
 
-blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Accounts and tokens")
+blp = ServiceBlueprint(
+    "auth", __name__, url_prefix="/api/v1/auth", description="Accounts and tokens"
+)
 
 # Token responses must never be cached (RFC 6749 section 5.1).
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
+#: The per-client-address limit (``RATELIMIT_AUTH``) of every endpoint anyone may call
+#: that costs a password hash or a token lookup: register, login and refresh here, and
+#: the password forgot and reset endpoints when they come. flask-limiter scopes a limit
+#: to its endpoint, so each endpoint has its own bucket per address.
 rate_limited = limiter.limit(auth_rate_limit, error_message=TOO_MANY_REQUESTS)
+RATE_LIMITED = "Too many requests from this address"
+THROTTLED = "Too many wrong passwords for this account from this address"
 
 # Request examples, one per body (the README's "Trying it" account).
 EXAMPLE_PASSWORD = "analytical-engine-1843"
@@ -68,7 +80,6 @@ LINKS_FROM_TOKEN_PAIR = {
     **_link("Refresh", "/api/v1/auth/refresh", {"refresh_token": "$response.body#/refresh_token"}),
     **_link("Introspect", "/api/v1/auth/introspect", {"token": "$response.body#/access_token"}),
 }
-RATE_LIMITED = "Too many requests from this address (RATELIMIT_AUTH)"
 # The password policy is more than a JSON schema can say: its refusal is a documented 422.
 POLICY_REFUSED = (
     "Invalid body, or a password the policy refuses: shorter than PASSWORD_MIN_LENGTH, "
@@ -80,6 +91,11 @@ POLICY_REFUSED = (
 def policy_error(error: PasswordPolicyError, field: str = "password") -> NoReturn:
     """Abort with 422 and the policy's reasons under the password field."""
     abort(422, message="Password refused", errors={"json": {field: error.messages}})
+
+
+def throttled(error: accounts.LoginThrottled, message: str) -> NoReturn:
+    """Abort with 429 and ``Retry-After``: too many wrong passwords from this address."""
+    abort(429, message=message, headers={"Retry-After": str(error.retry_after)})
 
 
 @blp.route("/register")
@@ -116,6 +132,7 @@ class Register(MethodView):
         except PasswordPolicyError as error:
             policy_error(error)
         except accounts.AccountExists as error:
+            session.rollback()
             abort(409, message=f"That {error.field} is already registered")
         with conflict_on_integrity_error("That email or username is already registered"):
             session.commit()
@@ -130,11 +147,7 @@ class Login(MethodView):
     @blp.doc(responses={200: {"links": LINKS_FROM_TOKEN_PAIR}})
     @blp.alt_response(401, description="Invalid credentials")
     @blp.alt_response(403, description="Account disabled")
-    @blp.alt_response(
-        429,
-        description="Too many failed logins for the account, or too many requests from this "
-        "address (RATELIMIT_AUTH)",
-    )
+    @blp.alt_response(429, description=f"{THROTTLED}; or {RATE_LIMITED.lower()}")
     def post(self, data: dict) -> Any:
         """Exchange a password for a token pair.
 
@@ -150,15 +163,12 @@ class Login(MethodView):
                 email=data.get("email"),
                 username=data.get("username"),
                 password=data["password"],
+                address=client_address(),
             )
         except accounts.InvalidCredentials:
             abort(401, message="Invalid credentials")
         except accounts.LoginThrottled as error:
-            abort(
-                429,
-                message="Too many failed logins for this account; try again later",
-                headers={"Retry-After": str(error.retry_after)},
-            )
+            throttled(error, "Too many failed logins for this account; try again later")
         except accounts.AccountInactive:
             abort(403, message="Account disabled")
         pair = token_issuer().pair(session, user)
@@ -194,16 +204,45 @@ class Refresh(MethodView):
         return pair, 200, NO_STORE
 
 
+#: The OpenAPI security scheme of the clients allowed to introspect (registered in resources).
+INTROSPECTION_SCHEME = "introspectionClient"
+
+
+def client_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Require HTTP Basic credentials of an introspection client before anything else runs.
+
+    Checked before the body is read, so a caller without credentials learns
+    nothing from validation errors either.
+    """
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if introspection_clients().authenticate(request.authorization) is None:
+            abort(
+                401,
+                message="Client authentication required (HTTP Basic)",
+                headers={"WWW-Authenticate": introspection.CHALLENGE},
+            )
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
 @blp.route("/introspect")
 class Introspect(MethodView):
+    @client_required
     @blp.arguments(IntrospectSchema, example={"token": ACCESS_TOKEN_EXAMPLE})
     @blp.response(200, IntrospectionSchema)
+    @blp.alt_response(401, description="Missing or invalid client credentials")
+    @blp.doc(security=[{INTROSPECTION_SCHEME: []}])
     def post(self, data: dict) -> Any:
-        """Whether a token is a live access token of this service, and its claims (RFC 7662)."""
+        """Whether a token is a live access token of this service, and its claims (RFC 7662).
+
+        Only clients named in ``INTROSPECTION_CLIENTS`` may ask, with HTTP Basic
+        credentials ``client_id:secret``.
+        """
         try:
-            claims = bearer_auth().claims_of(data["token"])
-        except (InvalidToken, AccountDisabled):
-            return {"active": False}, 200, NO_STORE
+            answer = introspection.introspect(bearer_auth(), data["token"])
         except DependencyUnavailable as error:
             abort(503, message=str(error))
-        return {"active": True, **claims, "token_type": "access_token"}, 200, NO_STORE
+        return answer, 200, NO_STORE

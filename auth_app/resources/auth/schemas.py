@@ -6,29 +6,41 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from auth_app.accounts import normalise_email
 from auth_app.passwords import MAX_PASSWORD_LENGTH
+from common.fields import Email, FullMatch, Text
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
+MAX_EMAIL_LENGTH = 254
 PASSWORD_LENGTH = validate.Length(max=MAX_PASSWORD_LENGTH)
+
+
+def _fits_once_lower_cased(email: str) -> None:
+    # Emails are stored lower-cased, and lower-casing can lengthen one ("İ" is two
+    # characters in lower case): the stored form must fit the column too.
+    if len(email) <= MAX_EMAIL_LENGTH < len(normalise_email(email)):
+        raise ValidationError(f"Longer than maximum length {MAX_EMAIL_LENGTH} once lower-cased.")
 
 
 class RegisterSchema(Schema):
     """A new account."""
 
-    email = fields.Email(required=True, validate=validate.Length(max=254))
-    username = fields.String(
-        required=True,
-        validate=validate.Regexp(USERNAME_PATTERN, error="3-32 of A-Z a-z 0-9 _ . -"),
+    email = Email(
+        required=True, validate=[validate.Length(max=MAX_EMAIL_LENGTH), _fits_once_lower_cased]
     )
-    password = fields.String(required=True, load_only=True, validate=PASSWORD_LENGTH)
+    username = Text(
+        required=True,
+        validate=FullMatch(USERNAME_PATTERN, error="3-32 of A-Z a-z 0-9 _ . -"),
+    )
+    password = Text(required=True, load_only=True, validate=PASSWORD_LENGTH)
 
 
 class LoginSchema(Schema):
     """Credentials: a password and exactly one of email or username."""
 
-    email = fields.String(validate=validate.Length(min=1, max=254))
-    username = fields.String(validate=validate.Length(min=1, max=254))
-    password = fields.String(required=True, load_only=True, validate=PASSWORD_LENGTH)
+    email = Text(validate=validate.Length(min=1, max=MAX_EMAIL_LENGTH))
+    username = Text(validate=validate.Length(min=1, max=MAX_EMAIL_LENGTH))
+    password = Text(required=True, load_only=True, validate=PASSWORD_LENGTH)
 
     @validates_schema
     def _one_identifier(self, data: dict, **_kwargs: Any) -> None:
@@ -39,14 +51,14 @@ class LoginSchema(Schema):
 class RefreshSchema(Schema):
     """A refresh token to exchange."""
 
-    refresh_token = fields.String(required=True, load_only=True)
+    refresh_token = Text(required=True, load_only=True)
 
 
 class IntrospectSchema(Schema):
     """Any token (RFC 7662)."""
 
-    token = fields.String(required=True, load_only=True)
-    token_type_hint = fields.String(load_only=True)
+    token = Text(required=True, load_only=True)
+    token_type_hint = Text(load_only=True)
 
 
 class UserSchema(Schema):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from auth_app.extensions import token_issuer
 from auth_app.resources.jwks.schemas import JwksSchema
+from common.web import ServiceBlueprint
 
-blp = Blueprint("jwks", __name__, url_prefix="/.well-known", description="Signing keys")
+blp = ServiceBlueprint("jwks", __name__, url_prefix="/.well-known", description="Signing keys")
 
 # Verifiers may keep the set five minutes; one that meets an unknown kid after a
 # rotation fetches it again, so caching never delays a rotation for long.

@@ -7,11 +7,12 @@ from typing import Any
 
 from flask import g
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
 from flask_smorest.error_handler import ErrorSchema
 
 from common.auth import has_role, login_required
 from common.flask_db import get_session
+from common.web import ServiceBlueprint
 from user_app import administration, profiles
 from user_app.extensions import settings
 from user_app.models import Profile
@@ -22,7 +23,7 @@ from user_app.resources.users.schemas import (
     UserQuerySchema,
 )
 
-blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description="User profiles")
+blp = ServiceBlueprint("users", __name__, url_prefix="/api/v1/users", description="User profiles")
 
 ADMIN = administration.ADMIN
 # What a JSON schema cannot say about a profile change: its refusal is a documented 422.

@@ -16,7 +16,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from common.fields import MAX_ROLES, ROLE_NAME, ROLE_NAME_ERROR, StrictBoolean
+from common.fields import MAX_ROLES, ROLE_NAME, ROLE_NAME_ERROR, FullMatch, StrictBoolean, Text
 
 
 class ProfileSchema(Schema):
@@ -41,9 +41,9 @@ class ProfileUpdateSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    display_name = fields.String(allow_none=True, validate=validate.Length(max=100))
-    bio = fields.String(allow_none=True, validate=validate.Length(max=2000))
-    avatar_url = fields.String(
+    display_name = Text(allow_none=True, validate=validate.Length(max=100))
+    bio = Text(allow_none=True, validate=validate.Length(max=2000))
+    avatar_url = Text(
         allow_none=True,
         validate=[
             validate.Length(max=2048),
@@ -58,7 +58,7 @@ class AdminProfileUpdateSchema(ProfileUpdateSchema):
 
     is_active = StrictBoolean()
     roles = fields.List(
-        fields.String(validate=validate.Regexp(ROLE_NAME, error=ROLE_NAME_ERROR)),
+        Text(validate=FullMatch(ROLE_NAME, error=ROLE_NAME_ERROR)),
         validate=validate.Length(max=MAX_ROLES),
     )
 
@@ -80,7 +80,7 @@ class UserQuerySchema(Schema):
         # page and page_size are read by the pagination schema from the same query string.
         unknown = EXCLUDE
 
-    q = fields.String(
+    q = Text(
         validate=validate.Length(max=200),
         metadata={"description": "Case-insensitive substring of email, username or display name"},
     )
