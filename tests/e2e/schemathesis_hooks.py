@@ -4,7 +4,9 @@ Loaded with ``SCHEMATHESIS_HOOKS=tests.e2e.schemathesis_hooks``.
 
 Every request carries an access token of a real account, got from the auth
 service's login with the email and password in ``FUZZ_EMAIL`` and
-``FUZZ_PASSWORD`` (``FUZZ_LOGIN_URL`` says where to log in). The run itself
+``FUZZ_PASSWORD`` (``FUZZ_LOGIN_URL`` says where to log in); an operation
+secured by the introspection clients' scheme gets HTTP Basic credentials of
+one of them instead (``FUZZ_CLIENT``, ``id:secret``). The run itself
 logs out, logs out everywhere and ends sessions, so a token dies on the way:
 its next request answers 401, schemathesis logs in again and sends that
 request once more with the new token (``retry_on``). A 401 that a fresh token
@@ -14,6 +16,7 @@ stands and is checked.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import urllib.request
@@ -22,6 +25,13 @@ import schemathesis
 
 # A token lives 15 minutes; a run is far shorter, and a dead one is replaced on its 401.
 REFRESH_SECONDS = 600
+# The auth service's security scheme of the clients allowed to introspect.
+CLIENT_SCHEME = "introspectionClient"
+
+
+def _client_secured(case) -> bool:
+    security = case.operation.definition.raw.get("security", [])
+    return any(CLIENT_SCHEME in requirement for requirement in security)
 
 
 @schemathesis.auth(refresh_interval=REFRESH_SECONDS, retry_on=[401])
@@ -43,4 +53,9 @@ class RealLogin:
             return json.load(answer)["access_token"]
 
     def set(self, case, data: str, context) -> None:
-        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+        if _client_secured(case):
+            client = base64.b64encode(os.environ["FUZZ_CLIENT"].encode()).decode()
+            credentials = f"Basic {client}"
+        else:
+            credentials = f"Bearer {data}"
+        case.headers = {**(case.headers or {}), "Authorization": credentials}
