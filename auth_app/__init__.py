@@ -30,6 +30,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             __name__, config, load_settings, AuthSettings, title="Auth service"
         )
         extensions.init_app(app, api, settings)
-        register_resources(api)
+        register_resources(api, settings)
         cli.init_app(app)
     return app

@@ -27,7 +27,12 @@ from flask_cors import CORS
 from flask_smorest import Api, Blueprint, abort, pagination
 from marshmallow import Schema, fields
 from webargs.flaskparser import FlaskParser
-from werkzeug.exceptions import HTTPException, InternalServerError, default_exceptions
+from werkzeug.exceptions import (
+    HTTPException,
+    InternalServerError,
+    MethodNotAllowed,
+    default_exceptions,
+)
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common.config import S, WebSettings, split_overrides
@@ -57,11 +62,16 @@ class ErrorResponsesPlugin(BasePlugin):
         """Add the shared error responses to each operation of ``path``."""
         for operation in (operations or {}).values():
             responses = operation.setdefault("responses", {})
+            shared = {}
             if path is not None and path.startswith("/api/"):
-                responses.setdefault("503", "SERVICE_UNAVAILABLE")
+                shared["503"] = "SERVICE_UNAVAILABLE"
             if "requestBody" in operation:
-                responses.setdefault("400", "BAD_REQUEST")
-                responses.setdefault("413", "REQUEST_ENTITY_TOO_LARGE")
+                shared.update({"400": "BAD_REQUEST", "413": "REQUEST_ENTITY_TOO_LARGE"})
+            # An operation's own response for the status (keyed by int or str) wins.
+            documented = {str(status) for status in responses}
+            for status, response in shared.items():
+                if status not in documented:
+                    responses[status] = response
 
 
 class JsonBodyParser(FlaskParser):
@@ -125,13 +135,19 @@ class ServiceApi(Api):
         super().register_blueprint(blp, **options)
 
     def handle_http_exception(self, error: HTTPException) -> Any:
-        """Answer any HTTP error in flask-smorest's shape with a human-readable message."""
+        """Answer any HTTP error in flask-smorest's shape with a human-readable message.
+
+        A 405 keeps werkzeug's ``Allow`` (the path's methods, RFC 9110), which
+        flask-smorest's handler would drop.
+        """
         payload, code, headers = super().handle_http_exception(error)
         if "message" not in payload:
             if isinstance(error, InternalServerError):
                 payload["message"] = "The server could not complete the request."
             else:
                 payload["message"] = error.description or error.name
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            headers = {**headers, "Allow": ", ".join(sorted(error.valid_methods))}
         return payload, code, headers
 
     def map_errors(self, app: Flask, mapping: dict[type[Exception], tuple[int, str]]) -> None:

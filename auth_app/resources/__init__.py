@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from auth_app.config import AuthSettings
 from auth_app.extensions import redis_client
 from auth_app.resources.account.routes import blp as account
 from auth_app.resources.auth.routes import INTROSPECTION_SCHEME
@@ -21,7 +22,19 @@ def _redis_ready() -> None:
     redis_client().ping()
 
 
-def register_resources(api: ServiceApi) -> None:
+def _document_body_rules(api: ServiceApi, password_min_length: int) -> None:
+    # What the bodies' marshmallow schemas cannot say in the document by themselves:
+    # login takes exactly one of email or username, and a new password's minimum
+    # length is this service's PASSWORD_MIN_LENGTH. (The rest of the password
+    # policy, common passwords and the account's own email or username, is the
+    # documented 422.)
+    schemas = api.spec.components.schemas
+    schemas["Login"]["oneOf"] = [{"required": ["email"]}, {"required": ["username"]}]
+    for name, field in (("Register", "password"), ("PasswordChange", "new_password")):
+        schemas[name]["properties"][field]["minLength"] = password_min_length
+
+
+def register_resources(api: ServiceApi, settings: AuthSettings) -> None:
     """Register every blueprint of the auth service, health checks included."""
     api.spec.components.security_scheme(
         INTROSPECTION_SCHEME,
@@ -34,3 +47,4 @@ def register_resources(api: ServiceApi) -> None:
     for blueprint in (auth, account, jwks):
         api.register_blueprint(blueprint)
     api.register_blueprint(health_blueprint({"database": _database_ready, "redis": _redis_ready}))
+    _document_body_rules(api, settings.password_min_length)

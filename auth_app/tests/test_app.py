@@ -90,6 +90,21 @@ def test_404_and_405_bodies_have_a_message(client):
     assert wrong_method.json["message"]
 
 
+def test_405_says_which_methods_the_path_allows(client):
+    """RFC 9110: a 405 carries ``Allow``, in the usual error body."""
+    for method, path, allowed in (
+        ("GET", "/api/v1/auth/login", {"POST", "OPTIONS"}),
+        ("PUT", "/api/v1/auth/me", {"GET", "HEAD", "DELETE", "OPTIONS"}),
+        ("POST", "/.well-known/jwks.json", {"GET", "HEAD", "OPTIONS"}),
+        ("DELETE", "/health", {"GET", "HEAD", "OPTIONS"}),
+    ):
+        response = client.open(path, method=method)
+        assert response.status_code == 405, (method, path)
+        assert set(response.headers["Allow"].split(", ")) == allowed, (method, path)
+        assert response.json["code"] == 405
+        assert response.json["message"]
+
+
 def test_request_id_is_echoed_or_replaced(client):
     assert (
         client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"]
@@ -113,6 +128,21 @@ def test_openapi_document_and_offline_docs(client):
     spec = client.get("/openapi.json").json
     assert "/api/v1/auth/login" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_the_document_states_the_body_rules_the_service_applies(make_app):
+    """Exactly one of email or username at login; the configured minimum for a new password."""
+    client = make_app(PASSWORD_MIN_LENGTH=12).test_client()
+    schemas = client.get("/openapi.json").json["components"]["schemas"]
+    assert schemas["Login"]["oneOf"] == [{"required": ["email"]}, {"required": ["username"]}]
+    assert schemas["Register"]["properties"]["password"]["minLength"] == 12
+    assert schemas["PasswordChange"]["properties"]["new_password"]["minLength"] == 12
+    for name in ("Register", "Login", "Refresh", "Logout", "PasswordChange", "DeleteAccount"):
+        assert schemas[name]["additionalProperties"] is False, name
+    short = {"email": "short@example.com", "username": "short", "password": "x" * 11}
+    assert client.post("/api/v1/auth/register", json=short).status_code == 422
+    both = {"email": "a@example.com", "username": "a_user", "password": PASSWORD}
+    assert client.post("/api/v1/auth/login", json=both).status_code == 422
 
 
 def test_docs_load_only_their_own_assets_under_a_same_origin_policy(client):

@@ -170,7 +170,13 @@ def e2e_durations() -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory, e2e_durations):
+def system_env() -> dict[str, str]:
+    """Settings a test module adds to the system's environment (override it in the module)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory, e2e_durations, system_env):
     """Start the whole system from the Procfile on fresh servers; yield it; stop it."""
     started = time.monotonic()
     check_redis()
@@ -214,6 +220,7 @@ def system(tmp_path_factory, e2e_durations):
             PYTHONUNBUFFERED="1",
             **{MARKER: marker},
         )
+        env.update(system_env)
         system = RunningSystem(
             auth=f"http://{auth_bind}",
             user=f"http://{user_bind}",

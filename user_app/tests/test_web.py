@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 from tests.support.docs_page import check_docs_page
 from user_app import create_app
@@ -32,6 +33,20 @@ def test_wrong_method_is_405_with_a_message(client, as_user):
         client.post("/api/v1/users", headers=headers),
     ):
         assert response.status_code == 405
+        assert response.get_json()["message"]
+
+
+def test_405_says_which_methods_the_path_allows(client):
+    """RFC 9110: a 405 carries ``Allow``; routing answers it before any token is looked at."""
+    for method, path, allowed in (
+        ("PUT", ME, {"GET", "HEAD", "PATCH", "OPTIONS"}),
+        ("POST", "/api/v1/users", {"GET", "HEAD", "OPTIONS"}),
+        ("POST", f"/api/v1/users/{uuid.uuid4()}", {"GET", "HEAD", "PATCH", "DELETE", "OPTIONS"}),
+        ("DELETE", "/health/ready", {"GET", "HEAD", "OPTIONS"}),
+    ):
+        response = client.open(path, method=method)
+        assert response.status_code == 405, (method, path)
+        assert set(response.headers["Allow"].split(", ")) == allowed, (method, path)
         assert response.get_json()["message"]
 
 

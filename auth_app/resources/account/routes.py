@@ -7,6 +7,7 @@ from typing import Any
 from flask import g
 from flask.views import MethodView
 from flask_smorest import abort
+from flask_smorest.error_handler import ErrorSchema
 
 from auth_app import accounts, tokens
 from auth_app.access import current_user
@@ -23,7 +24,15 @@ from auth_app.resources.account.schemas import (
     LogoutSchema,
     PasswordChangeSchema,
 )
-from auth_app.resources.auth.routes import NO_STORE, THROTTLED, policy_error, throttled
+from auth_app.resources.auth.routes import (
+    EXAMPLE_PASSWORD,
+    NO_STORE,
+    POLICY_REFUSED,
+    REFRESH_TOKEN_EXAMPLE,
+    THROTTLED,
+    policy_error,
+    throttled,
+)
 from auth_app.resources.auth.schemas import TokenPairSchema, UserSchema
 from common.auth import login_required
 from common.flask_db import get_session
@@ -43,7 +52,7 @@ class Me(MethodView):
         return current_user()
 
     @login_required
-    @blp.arguments(DeleteAccountSchema)
+    @blp.arguments(DeleteAccountSchema, example={"password": EXAMPLE_PASSWORD})
     @blp.response(204)
     @blp.alt_response(401, description="Wrong password")
     @blp.alt_response(429, description=THROTTLED)
@@ -74,9 +83,14 @@ class Me(MethodView):
 @blp.route("/logout")
 class Logout(MethodView):
     @login_required
-    @blp.arguments(LogoutSchema)
+    # No body at all is a logout of the access token's session alone.
+    @blp.arguments(LogoutSchema, required=False, example={"refresh_token": REFRESH_TOKEN_EXAMPLE})
     @blp.response(204)
-    @blp.alt_response(400, description="The refresh token is not one of this user's")
+    @blp.alt_response(
+        400,
+        schema=ErrorSchema,
+        description="The body is not JSON, or its refresh token is not one of this user's",
+    )
     def post(self, data: dict) -> None:
         """End this session: the access token and its session's refresh tokens die at once."""
         session = get_session()
@@ -103,9 +117,13 @@ class LogoutAll(MethodView):
 @blp.route("/password")
 class Password(MethodView):
     @login_required
-    @blp.arguments(PasswordChangeSchema)
+    @blp.arguments(
+        PasswordChangeSchema,
+        example={"current_password": EXAMPLE_PASSWORD, "new_password": "difference-engine-1822"},
+    )
     @blp.response(200, TokenPairSchema)
     @blp.alt_response(401, description="Wrong current password")
+    @blp.alt_response(422, schema=ErrorSchema, description=POLICY_REFUSED)
     @blp.alt_response(429, description=THROTTLED)
     def post(self, data: dict) -> Any:
         """Change the password; every earlier token dies and a new pair is returned.

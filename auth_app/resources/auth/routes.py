@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 from flask import request
 from flask.views import MethodView
 from flask_smorest import abort
+from flask_smorest.error_handler import ErrorSchema
 
 from auth_app import accounts, introspection, tokens
 from auth_app.extensions import (
@@ -51,6 +52,41 @@ rate_limited = limiter.limit(auth_rate_limit, error_message=TOO_MANY_REQUESTS)
 RATE_LIMITED = "Too many requests from this address"
 THROTTLED = "Too many wrong passwords for this account from this address"
 
+# Request examples, one per body (the README's "Trying it" account).
+EXAMPLE_PASSWORD = "analytical-engine-1843"
+REGISTER_EXAMPLE = {"email": "ada@example.com", "username": "ada", "password": EXAMPLE_PASSWORD}
+LOGIN_EXAMPLE = {"email": "ada@example.com", "password": EXAMPLE_PASSWORD}
+REFRESH_TOKEN_EXAMPLE = "Xk3o6hV1m0b2Zc5Q9rYw7tLp4sNa8dEf0gHj1kMn2pQ"
+ACCESS_TOKEN_EXAMPLE = "eyJhbGciOiJSUzI1NiIsInR5cCI6ImF0K2p3dCJ9.e30.c2lnbmF0dXJl"
+
+
+def _link(name: str, path: str, body: dict) -> dict:
+    # An OpenAPI link: the body of a following POST ``path`` made from this
+    # exchange (clients and stateful API testers follow them: register, then log
+    # in; log in, then refresh or introspect). The body is the whole request:
+    # ``x-schemathesis`` says so to schemathesis, which would otherwise mix it
+    # with generated fields (login takes exactly one of email or username).
+    pointer = path.replace("/", "~1")
+    return {
+        name: {
+            "operationRef": f"#/paths/{pointer}/post",
+            "requestBody": body,
+            "x-schemathesis": {"merge_body": False},
+        }
+    }
+
+
+LINKS_FROM_TOKEN_PAIR = {
+    **_link("Refresh", "/api/v1/auth/refresh", {"refresh_token": "$response.body#/refresh_token"}),
+    **_link("Introspect", "/api/v1/auth/introspect", {"token": "$response.body#/access_token"}),
+}
+# The password policy is more than a JSON schema can say: its refusal is a documented 422.
+POLICY_REFUSED = (
+    "Invalid body, or a password the policy refuses: shorter than PASSWORD_MIN_LENGTH, "
+    "common or breached-looking, or equal to the email or username "
+    '(message "Password refused", reasons under errors.json)'
+)
+
 
 def policy_error(error: PasswordPolicyError, field: str = "password") -> NoReturn:
     """Abort with 422 and the policy's reasons under the password field."""
@@ -65,9 +101,21 @@ def throttled(error: accounts.LoginThrottled, message: str) -> NoReturn:
 @blp.route("/register")
 class Register(MethodView):
     @rate_limited
-    @blp.arguments(RegisterSchema)
+    @blp.arguments(RegisterSchema, example=REGISTER_EXAMPLE)
     @blp.response(201, UserSchema)
+    @blp.doc(
+        responses={
+            201: {
+                "links": _link(
+                    "LogIn",
+                    "/api/v1/auth/login",
+                    {"email": "$response.body#/email", "password": "$request.body#/password"},
+                )
+            }
+        }
+    )
     @blp.alt_response(409, description="Email or username taken")
+    @blp.alt_response(422, schema=ErrorSchema, description=POLICY_REFUSED)
     @blp.alt_response(429, description=RATE_LIMITED)
     def post(self, data: dict) -> Any:
         """Create an account."""
@@ -94,8 +142,9 @@ class Register(MethodView):
 @blp.route("/login")
 class Login(MethodView):
     @rate_limited
-    @blp.arguments(LoginSchema)
+    @blp.arguments(LoginSchema, example=LOGIN_EXAMPLE)
     @blp.response(200, TokenPairSchema)
+    @blp.doc(responses={200: {"links": LINKS_FROM_TOKEN_PAIR}})
     @blp.alt_response(401, description="Invalid credentials")
     @blp.alt_response(403, description="Account disabled")
     @blp.alt_response(429, description=f"{THROTTLED}; or {RATE_LIMITED.lower()}")
@@ -130,8 +179,9 @@ class Login(MethodView):
 @blp.route("/refresh")
 class Refresh(MethodView):
     @rate_limited
-    @blp.arguments(RefreshSchema)
+    @blp.arguments(RefreshSchema, example={"refresh_token": REFRESH_TOKEN_EXAMPLE})
     @blp.response(200, TokenPairSchema)
+    @blp.doc(responses={200: {"links": LINKS_FROM_TOKEN_PAIR}})
     @blp.alt_response(401, description="Unknown, expired, revoked or reused refresh token")
     @blp.alt_response(429, description=RATE_LIMITED)
     def post(self, data: dict) -> Any:
@@ -181,7 +231,7 @@ def client_required(view: Callable[..., Any]) -> Callable[..., Any]:
 @blp.route("/introspect")
 class Introspect(MethodView):
     @client_required
-    @blp.arguments(IntrospectSchema)
+    @blp.arguments(IntrospectSchema, example={"token": ACCESS_TOKEN_EXAMPLE})
     @blp.response(200, IntrospectionSchema)
     @blp.alt_response(401, description="Missing or invalid client credentials")
     @blp.doc(security=[{INTROSPECTION_SCHEME: []}])

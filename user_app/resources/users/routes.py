@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from flask import g
 from flask.views import MethodView
 from flask_smorest import abort
+from flask_smorest.error_handler import ErrorSchema
 
 from common.auth import has_role, login_required
-from common.fields import canonical_id
 from common.flask_db import get_session
 from common.web import ServiceBlueprint
 from user_app import administration, profiles
@@ -25,6 +26,13 @@ from user_app.resources.users.schemas import (
 blp = ServiceBlueprint("users", __name__, url_prefix="/api/v1/users", description="User profiles")
 
 ADMIN = administration.ADMIN
+# What a JSON schema cannot say about a profile change: its refusal is a documented 422.
+AVATAR_REFUSED = "Invalid body, or an avatar_url that is not an absolute http(s) URL"
+PROFILE_EXAMPLE = {
+    "display_name": "Ada Lovelace",
+    "bio": "Wrote the first program for the Analytical Engine.",
+    "avatar_url": "https://example.com/ada.png",
+}
 
 
 def _own_profile() -> Profile:
@@ -42,11 +50,9 @@ def _own_profile() -> Profile:
     return profile
 
 
-def _profile_or_404(user_id: str, *, for_update: bool = False) -> Profile:
-    # A malformed id names no user: 404, like any unknown one.
-    canonical = canonical_id(user_id)
+def _profile_or_404(user_id: uuid.UUID, *, for_update: bool = False) -> Profile:
     session = get_session()
-    profile = profiles.get_profile(session, canonical, for_update=for_update) if canonical else None
+    profile = profiles.get_profile(session, str(user_id), for_update=for_update)
     if profile is None:
         abort(404, message="User not found")
     return profile
@@ -61,8 +67,10 @@ class Me(MethodView):
         return _own_profile()
 
     @login_required
-    @blp.arguments(ProfileUpdateSchema)
+    # Each field is optional, and so is the body: without one nothing changes.
+    @blp.arguments(ProfileUpdateSchema, required=False, example=PROFILE_EXAMPLE)
     @blp.response(200, ProfileSchema)
+    @blp.alt_response(422, schema=ErrorSchema, description=AVATAR_REFUSED)
     def patch(self, changes: dict) -> Any:
         """Change your display name, bio or avatar URL; ``null`` clears a field."""
         profile = _own_profile()
@@ -104,26 +112,33 @@ class Users(MethodView):
         return page
 
 
-@blp.route("/<user_id>")
+# Only a UUID routes here (anything else is 404), so ``/me`` is never taken for an id:
+# ``DELETE /me`` is a 405 whose ``Allow`` names what ``/me`` supports.
+@blp.route("/<uuid:user_id>")
 class User(MethodView):
     @login_required
     @blp.response(200, ProfileSchema)
     @blp.alt_response(403, description="Neither the user nor an administrator")
     @blp.alt_response(404, description="No such user")
-    def get(self, user_id: str) -> Any:
+    def get(self, user_id: uuid.UUID) -> Any:
         """One user's profile: your own, or anyone's for an administrator."""
-        if g.claims["sub"] == user_id:
+        if g.claims["sub"] == str(user_id):
             return _own_profile()
         if not has_role(ADMIN):
             abort(403, message="You may only read your own profile")
         return _profile_or_404(user_id)
 
     @login_required(role=ADMIN)
-    @blp.arguments(AdminProfileUpdateSchema)
+    @blp.arguments(
+        AdminProfileUpdateSchema, required=False, example={**PROFILE_EXAMPLE, "roles": ["user"]}
+    )
     @blp.response(200, ProfileSchema)
     @blp.alt_response(404, description="No such user")
     @blp.alt_response(409, description="An administrator demoting or deactivating itself")
-    def patch(self, changes: dict, user_id: str) -> Any:
+    @blp.alt_response(
+        422, schema=ErrorSchema, description=AVATAR_REFUSED + ", or a role not among ROLES"
+    )
+    def patch(self, changes: dict, user_id: uuid.UUID) -> Any:
         """Change a profile; a change of ``is_active`` or ``roles`` is sent as ``user.updated``."""
         # Locked: the user worker may be applying a change of these same fields.
         profile = _profile_or_404(user_id, for_update=True)
@@ -143,7 +158,7 @@ class User(MethodView):
     @blp.response(204)
     @blp.alt_response(403, description="Administrators cannot delete themselves here")
     @blp.alt_response(404, description="No such user")
-    def delete(self, user_id: str) -> None:
+    def delete(self, user_id: uuid.UUID) -> None:
         """Delete a user everywhere: the profile here, the account at the auth service.
 
         An administrator cannot delete their own account through this endpoint,
