@@ -360,6 +360,7 @@ def race(app, requests: dict, delays: dict | None = None) -> dict:
     return answers
 
 
+@pytest.mark.slow
 def test_no_token_survives_a_refresh_racing_a_password_change_run_300_times(make_app, pg_url):
     app = make_app(DATABASE_URL=pg_url, REFRESH_REUSE_GRACE_SECONDS=0, LOG_LEVEL="critical")
     try:

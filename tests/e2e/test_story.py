@@ -22,6 +22,9 @@ from sqlalchemy import create_engine, text
 from tests.e2e.client import call, poll
 from tests.e2e.conftest import REUSE_GRACE_SECONDS
 
+# The whole system under honcho: long, and left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 API_AUTH = "/api/v1/auth"
 API_USERS = "/api/v1/users"
 
