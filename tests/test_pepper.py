@@ -9,7 +9,6 @@ auth worker and relay. Each is started here for real, as the Procfile starts it.
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -21,7 +20,7 @@ from tests.conftest import ROOT
 from tests.e2e.client import call
 from tests.e2e.processes import free_port, tail
 from tests.support.servers import run_id
-from tests.test_web_line import BIN, START_TIMEOUT, migrate, stop, web_environ
+from tests.test_web_line import BIN, migrate, start_line, stop, wait_for_health, web_environ
 
 MISSING = (
     "configuration error: PASSWORD_PEPPER must be set to a secret of its own (APP_ENV is "
@@ -121,26 +120,11 @@ def test_the_web_app_serves_with_a_pepper_of_its_own(tmp_path, procfile):
     port = free_port()
     env["AUTH_BIND"] = f"127.0.0.1:{port}"
     log_path = tmp_path / "auth.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            ["sh", "-c", procfile["auth"]],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_line(procfile["auth"], env, log_path)
     base = f"http://127.0.0.1:{port}"
     marker = env["E2E_RUN_MARKER"]
     try:
-        answer = None
-        deadline = time.monotonic() + START_TIMEOUT
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                answer = call("GET", f"{base}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.1)
+        answer = wait_for_health(process, base)
         assert answer is not None and answer.status == 200, tail(log_path)
         password = "peppered-Horse-42"
         body = {"email": "pep@example.com", "username": "pep", "password": password}

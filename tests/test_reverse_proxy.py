@@ -29,10 +29,9 @@ from pathlib import Path
 import pytest
 
 from auth_app.tests.conftest import PASSWORD
-from tests.conftest import ROOT
 from tests.e2e.processes import free_port, tail
 from tests.support.servers import check_redis, run_id
-from tests.test_web_line import migrate, stop, web_environ
+from tests.test_web_line import migrate, start_line, stop, web_environ
 
 RATE_LIMIT = 8  # per minute, per endpoint and address
 MAX_FAILURES = 5
@@ -167,15 +166,7 @@ def proxy(tmp_path_factory, procfile):
         WEB_THREADS="2",
     )
     app_log = tmp / "gunicorn.log"
-    with open(app_log, "w") as log:
-        app = subprocess.Popen(
-            ["sh", "-c", procfile["auth"]],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    app = start_line(procfile["auth"], env, app_log)
     # As root, nginx's workers would switch to a user that cannot reach the test's files.
     user = "user root;" if os.geteuid() == 0 else ""
     conf = tmp / "nginx.conf"

@@ -84,6 +84,30 @@ def stop(process: subprocess.Popen, marker: str) -> dict[int, str]:
     return left
 
 
+def start_line(command: str, env: dict, log_path: Path) -> subprocess.Popen:
+    """Start one Procfile line in a process group of its own, its output to ``log_path``."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            ["sh", "-c", command],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_for_health(process: subprocess.Popen, base: str):
+    """The first answer of ``base``/health, or None if the process ends or START_TIMEOUT passes."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            return call("GET", f"{base}/health", timeout=2)
+        except OSError:
+            time.sleep(0.1)
+    return None
+
+
 @pytest.mark.parametrize("app", ["auth", "user"])
 def test_the_web_line_serves_the_app_named_by_APP_on_PORT(tmp_path, procfile, app):  # noqa: N802
     marker = run_id()
@@ -92,25 +116,10 @@ def test_the_web_line_serves_the_app_named_by_APP_on_PORT(tmp_path, procfile, ap
     port = free_port()
     env.update(APP=app, PORT=str(port))
     log_path = tmp_path / "web.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            ["sh", "-c", procfile["web"]],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_line(procfile["web"], env, log_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        health = None
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                health = call("GET", f"{base}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.1)
+        health = wait_for_health(process, base)
         assert health is not None and health.status == 200, tail(log_path)
         assert health.json == {"status": "ok"}
         # gunicorn.conf.py hides the server's name (gunicorn.http.wsgi.SERVER).
