@@ -236,22 +236,34 @@ def change_password(
     commit: of two changes sent with the same current password, the second
     checks against the new one.
     """
-    _lock_for_change(session, user)
-    try:
-        check_current_password(hasher, throttle, user, current_password, address)
-    except InvalidCredentials:
-        log.info("password change refused reason=wrong_password user_id=%s", user.id)
-        raise
+    _recheck_password(session, hasher, throttle, user, current_password, address, "password change")
     check_policy(new_password, email=user.email, username=user.username, min_length=min_length)
     user.password_hash = hasher.hash(new_password)
     revoke_everything(session, revocation, user)
     log.info("password changed user_id=%s", user.id)
 
 
-def _lock_for_change(session: Session, user: User) -> None:
-    # ``user`` is the identity-map object the token check loaded: read again, locked.
+def _recheck_password(
+    session: Session,
+    hasher: PasswordHasher,
+    throttle: LoginThrottle,
+    user: User,
+    password: str,
+    address: str,
+    action: str,
+) -> None:
+    """Lock the account row, then check its password (:func:`check_current_password`).
+
+    ``user`` is the object the token check loaded: read again, locked, so two
+    requests with one password take turns. ``action`` names a refusal in the log.
+    """
     if _locked(session, user.id) is None:
         raise AccountGone()
+    try:
+        check_current_password(hasher, throttle, user, password, address)
+    except InvalidCredentials:
+        log.info("%s refused reason=wrong_password user_id=%s", action, user.id)
+        raise
 
 
 def _remove(session: Session, user: User) -> None:
@@ -275,12 +287,7 @@ def delete_account(
     A wrong password is a failure of the login throttle (see :func:`check_current_password`).
     Of two deletions at once, the second finds the account gone (AccountGone).
     """
-    _lock_for_change(session, user)
-    try:
-        check_current_password(hasher, throttle, user, password, address)
-    except InvalidCredentials:
-        log.info("account deletion refused reason=wrong_password user_id=%s", user.id)
-        raise
+    _recheck_password(session, hasher, throttle, user, password, address, "account deletion")
     user_id = user.id
     _remove(session, user)
     announce.deleted(session, user_id)
