@@ -47,7 +47,7 @@ from typing import Any, cast
 
 import redis
 from redis.connection import AbstractConnection
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -150,8 +150,13 @@ class RevocationStore:
 
     # -- revoking ------------------------------------------------------------
     def revoke_token(self, session: Session, jti: str, exp: float) -> None:
-        """Kill one access token until it would have expired anyway."""
+        """Kill one access token until it would have expired anyway.
+
+        The rows of tokens that have expired since are deleted on the way, so
+        the table holds only what a refill still needs.
+        """
         expires = datetime.fromtimestamp(exp + self.leeway, UTC)
+        session.execute(delete(RevokedToken).where(RevokedToken.expires_at <= utcnow()))
         insert_ignoring_conflict(session, RevokedToken, jti=jti, expires_at=expires)
         remaining = max(1, min(self.ttl, math.ceil(exp - time.time()) + self.leeway + 1))
         self.client.set(self._jti(jti), "1", ex=remaining)

@@ -11,11 +11,16 @@ be refused, while new logins work.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
+import jwt
 import pytest
 import redis
+from sqlalchemy import select
 
+from auth_app.models import RevokedToken
 from auth_app.tests.conftest import Accounts, bearer
+from common.db import utcnow
 from tests.support.servers import RedisServer, allow_connections, fresh_postgres_database
 
 ME = "/api/v1/auth/me"
@@ -142,3 +147,21 @@ def test_no_token_is_accepted_while_redis_needs_a_refill_and_the_database_is_awa
     finally:
         allow_connections(postgres_url, True)
     assert status(client, tokens) == 200
+
+
+def test_a_logout_forgets_the_revoked_tokens_that_have_expired(make_app):
+    app = make_app()
+    client = app.test_client()
+    sessionmaker = app.extensions["database"].sessionmaker
+    with sessionmaker() as session:
+        session.add(RevokedToken(jti="long-expired", expires_at=utcnow() - timedelta(hours=1)))
+        session.commit()
+    _, tokens = Accounts(client).register_and_login()
+    assert (
+        client.post("/api/v1/auth/logout", headers=bearer(tokens["access_token"])).status_code
+        == 204
+    )
+    with sessionmaker() as session:
+        kept = session.scalars(select(RevokedToken.jti)).all()
+    assert kept == [jwt.decode(tokens["access_token"], options={"verify_signature": False})["jti"]]
+    assert status(client, tokens) == 401
