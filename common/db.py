@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.exc import InvalidatePoolError
@@ -171,3 +171,28 @@ def dialect_insert(session: Session) -> Any:
 def insert_ignoring_conflict(session: Session, model: type, **values: Any) -> None:
     """``INSERT ... ON CONFLICT DO NOTHING``: two writers creating one row both succeed."""
     session.execute(dialect_insert(session)(model).values(**values).on_conflict_do_nothing())
+
+
+# Session.info key: the transaction and the channels it has notified already.
+_NOTIFIED = "notified_channels"
+
+
+def notify_at_commit(session: Session, channel: str) -> None:
+    """On PostgreSQL, ``NOTIFY channel`` in the session's transaction (delivered at commit).
+
+    Wakes a worker that ``LISTEN``s for new rows (a relay, the mailer) as soon
+    as the transaction that wrote them commits, and never for one that rolled
+    back. One NOTIFY per channel and transaction is enough (PostgreSQL folds
+    repeats anyway), and it goes straight to the connection: through
+    ``session.execute`` it would flush the rows pending so far once more.
+    Elsewhere (SQLite) it does nothing: those workers poll.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    notified: tuple[object, set[str]] | None = session.info.get(_NOTIFIED)
+    if notified is None or notified[0] is not transaction:
+        notified = session.info[_NOTIFIED] = (transaction, set())
+    if channel not in notified[1]:
+        session.connection().execute(text(f"NOTIFY {channel}"))
+        notified[1].add(channel)

@@ -15,15 +15,12 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, String, Text, insert, text
+from sqlalchemy import Integer, String, Text, insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from common.db import UTCDateTime, utcnow
+from common.db import UTCDateTime, notify_at_commit, utcnow
 from common.events import Envelope, EventType
 from common.logging import request_id_var
-
-# Session.info key: the transaction and the channels it has notified already.
-_NOTIFIED = "outbox_notified"
 
 #: An app's outbox model: a mapped class with :class:`OutboxMixin`'s columns.
 OutboxModel = type[Any]
@@ -115,19 +112,5 @@ def emit_all(
             for envelope in envelopes
         ],
     )
-    if session.get_bind().dialect.name == "postgresql":
-        _notify_once(session, notify_channel(outbox_model.__tablename__))
+    notify_at_commit(session, notify_channel(outbox_model.__tablename__))
     return envelopes
-
-
-def _notify_once(session: Session, channel: str) -> None:
-    # One NOTIFY per channel and transaction is enough (PostgreSQL folds
-    # repeats anyway), and it goes straight to the connection: through
-    # session.execute it would flush the rows pending so far once more.
-    transaction = session.get_nested_transaction() or session.get_transaction()
-    notified: tuple[object, set[str]] | None = session.info.get(_NOTIFIED)
-    if notified is None or notified[0] is not transaction:
-        notified = session.info[_NOTIFIED] = (transaction, set())
-    if channel not in notified[1]:
-        session.connection().execute(text(f"NOTIFY {channel}"))
-        notified[1].add(channel)
