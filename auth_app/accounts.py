@@ -17,7 +17,7 @@ from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from auth_app import announce, login_sessions
+from auth_app import account_tokens, announce, login_sessions
 from auth_app.login_throttle import LoginThrottle
 from auth_app.models import User
 from auth_app.passwords import PasswordHasher, check_policy
@@ -53,6 +53,10 @@ class AccountGone(Exception):
 
 class AccountInactive(Exception):
     """The password was right but the account is disabled."""
+
+
+class EmailNotVerified(Exception):
+    """The password was right but ``EMAIL_VERIFICATION=required`` and the email is unverified."""
 
 
 class UnknownAccount(LookupError):
@@ -121,10 +125,23 @@ def _taken_field(error: IntegrityError) -> str:
     return "email or username"
 
 
+def find_by_email(session: Session, email: str) -> User | None:
+    """The account with this email (compared lower-cased), if any."""
+    return session.scalars(select(User).where(User.email == normalise_email(email))).first()
+
+
+def email_taken(session: Session, email: str) -> bool:
+    """Whether an account has this email (compared lower-cased)."""
+    return (
+        session.scalars(select(User.id).where(User.email == normalise_email(email))).first()
+        is not None
+    )
+
+
 def find_for_login(session: Session, *, email: str | None, username: str | None) -> User | None:
     """The account named by email or by username (case-insensitively), if any."""
     if email is not None:
-        return session.scalars(select(User).where(User.email == normalise_email(email))).first()
+        return find_by_email(session, email)
     return session.scalars(
         select(User).where(User.username_key == (username or "").strip().lower())
     ).first()
@@ -152,10 +169,13 @@ def authenticate(
     username: str | None,
     password: str,
     address: str,
+    require_verified_email: bool = False,
 ) -> User:
     """The account whose password this is, or InvalidCredentials/LoginThrottled/AccountInactive.
 
-    Failures count per account and client ``address``. An unknown account
+    With ``require_verified_email`` (``EMAIL_VERIFICATION=required``) a right
+    password of an unverified address raises EmailNotVerified. Failures count
+    per account and client ``address``. An unknown account
     costs one bcrypt verification like a known one, and is throttled the same
     way, so neither timing nor 429s reveal which accounts exist. A throttled
     attempt checks no password at all, known account or not.
@@ -177,6 +197,9 @@ def authenticate(
     if not user.is_active:
         log.info("login refused reason=account_disabled user_id=%s", user.id)
         raise AccountInactive()
+    if require_verified_email and not user.email_verified:
+        log.info("login refused reason=email_not_verified user_id=%s", user.id)
+        raise EmailNotVerified()
     if hasher.needs_rehash(user.password_hash):
         # The cost was raised since this hash was made: upgrade it while we know the password.
         user.password_hash = hasher.hash(password)
@@ -236,14 +259,16 @@ def change_password(
     commit: of two changes sent with the same current password, the second
     checks against the new one.
     """
-    _recheck_password(session, hasher, throttle, user, current_password, address, "password change")
+    recheck_password(session, hasher, throttle, user, current_password, address, "password change")
     check_policy(new_password, email=user.email, username=user.username, min_length=min_length)
     user.password_hash = hasher.hash(new_password)
+    # A reset link mailed before the change would undo it: it dies with the old password.
+    account_tokens.revoke(session, user.id, account_tokens.Purpose.RESET_PASSWORD)
     revoke_everything(session, revocation, user)
     log.info("password changed user_id=%s", user.id)
 
 
-def _recheck_password(
+def recheck_password(
     session: Session,
     hasher: PasswordHasher,
     throttle: LoginThrottle,
@@ -257,7 +282,7 @@ def _recheck_password(
     ``user`` is the object the token check loaded: read again, locked, so two
     requests with one password take turns. ``action`` names a refusal in the log.
     """
-    if _locked(session, user.id) is None:
+    if locked(session, user.id) is None:
         raise AccountGone()
     try:
         check_current_password(hasher, throttle, user, password, address)
@@ -287,7 +312,7 @@ def delete_account(
     A wrong password is a failure of the login throttle (see :func:`check_current_password`).
     Of two deletions at once, the second finds the account gone (AccountGone).
     """
-    _recheck_password(session, hasher, throttle, user, password, address, "account deletion")
+    recheck_password(session, hasher, throttle, user, password, address, "account deletion")
     user_id = user.id
     _remove(session, user)
     announce.deleted(session, user_id)
@@ -325,7 +350,7 @@ def validate_role(role: str, roles: Collection[str]) -> str:
     return role
 
 
-def _locked(session: Session, user_id: str) -> User | None:
+def locked(session: Session, user_id: str) -> User | None:
     """The user as it is now, its row locked until the transaction ends (PostgreSQL).
 
     A change is read, compared with the field's time, then written: two of
@@ -397,7 +422,7 @@ def apply_admin_changes(
     """
     for role in changes.get("roles", ()):
         validate_role(role, roles)
-    user = _locked(session, user_id)
+    user = locked(session, user_id)
     if user is None:
         return {}
     return change_account(
@@ -424,7 +449,7 @@ def set_role(
     found = session.scalars(
         select(User.id).where(func.lower(User.email) == normalise_email(email))
     ).first()
-    user = _locked(session, found) if found is not None else None
+    user = locked(session, found) if found is not None else None
     if user is None:
         raise UnknownAccount(email)
     current = set(user.roles)

@@ -39,6 +39,7 @@ def created(session: Session, user: User) -> None:
         username=user.username,
         roles=list(user.roles),
         is_active=user.is_active,
+        email_verified=user.email_verified,
         created_at=user.created_at,
     )
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from email.utils import formataddr, parseaddr
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from limits import parse_many
 
@@ -32,6 +34,9 @@ from common.config import (
 DEV_PASSWORD_PEPPER = "auth-app-development-pepper"
 DEVELOPMENT = "development"
 DEFAULT_CLIENT_ID = "auth_app"
+DEFAULT_MAIL_FROM = "authsvc <no-reply@localhost>"
+DEFAULT_FRONTEND_URL = "http://localhost:3000"
+EMAIL_VERIFICATION_MODES = ("off", "optional", "required")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,12 +67,24 @@ class AuthSettings(WebSettings):
     ratelimit_key_prefix: str = "auth-limiter"
     #: ``INTROSPECTION_CLIENTS``: ``(client_id, secret)`` of each client allowed to introspect.
     introspection_clients: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: ``EMAIL_VERIFICATION``: ``off`` (no mail), ``optional`` or ``required`` (no login before).
+    email_verification: str = "optional"
+    #: ``MAIL_FROM``: the From of every mail.
+    mail_from: str = DEFAULT_MAIL_FROM
+    #: ``FRONTEND_URL``: where the links in mails point (``/reset-password?token=...``).
+    frontend_url: str = DEFAULT_FRONTEND_URL
+    reset_token_ttl_minutes: int = 30
+    verify_token_ttl_hours: int = 24
     #: How long a refresh token lives.
     refresh_token_ttl: timedelta = field(init=False)
     #: How long a login lives, however often it is refreshed.
     session_max_age: timedelta = field(init=False)
     #: How long after its rotation a refresh token still answers (two tabs refreshing at once).
     refresh_reuse_grace: timedelta = field(init=False)
+    #: How long a password reset link works.
+    reset_token_ttl: timedelta = field(init=False)
+    #: How long an email verification or email change link works.
+    verify_token_ttl: timedelta = field(init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,6 +92,9 @@ class AuthSettings(WebSettings):
         self._derive("refresh_token_ttl", timedelta(days=self.refresh_token_expire_days))
         self._derive("session_max_age", timedelta(days=self.session_max_age_days))
         self._derive("refresh_reuse_grace", timedelta(seconds=self.refresh_reuse_grace_seconds))
+        self._derive("reset_token_ttl", timedelta(minutes=self.reset_token_ttl_minutes))
+        self._derive("verify_token_ttl", timedelta(hours=self.verify_token_ttl_hours))
+        self._derive("frontend_url", checked_frontend_url(self.frontend_url))
 
 
 def checked_pepper(pepper: str, app_env: str) -> str:
@@ -97,6 +117,28 @@ def checked_pepper(pepper: str, app_env: str) -> str:
         "PASSWORD_PEPPER is the public development pepper; set a secret of its own "
         f"(APP_ENV is {app_env!r}; the development pepper needs APP_ENV=development)"
     )
+
+
+def checked_frontend_url(url: str) -> str:
+    """``FRONTEND_URL`` without a trailing slash; an absolute http(s) URL with no query.
+
+    Every link a mail carries is this plus a path and the token: anything else
+    would send users (and their tokens) somewhere unintended.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            f"FRONTEND_URL must be an absolute http(s) URL without query or fragment, got {url!r}"
+        )
+    return url.rstrip("/")
+
+
+def checked_mail_from(value: str) -> str:
+    """``MAIL_FROM``: one address, with or without a display name (``Name <a@b.example>``)."""
+    name, address = parseaddr(value)
+    if "@" not in address or any(ch in value for ch in "\r\n"):
+        raise ConfigError(f"MAIL_FROM must be an email address such as {DEFAULT_MAIL_FROM!r}")
+    return formataddr((name, address)) if name else address
 
 
 def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
@@ -164,6 +206,11 @@ def load_settings(
         ratelimit_auth=_rate_limit(env, "RATELIMIT_AUTH", "20/minute"),
         ratelimit_key_prefix=env.str("RATELIMIT_KEY_PREFIX", "auth-limiter"),
         introspection_clients=introspection_clients(env),
+        email_verification=env.choice("EMAIL_VERIFICATION", "optional", EMAIL_VERIFICATION_MODES),
+        mail_from=checked_mail_from(env.str("MAIL_FROM", DEFAULT_MAIL_FROM)),
+        frontend_url=env.str("FRONTEND_URL", DEFAULT_FRONTEND_URL),
+        reset_token_ttl_minutes=env.int("RESET_TOKEN_TTL_MINUTES", 30, minimum=1, maximum=24 * 60),
+        verify_token_ttl_hours=env.int("VERIFY_TOKEN_TTL_HOURS", 24, minimum=1, maximum=24 * 30),
     )
     return build_settings(
         AuthSettings, values, overrides, lambda: database_url_from_env(env.environ)

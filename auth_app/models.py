@@ -1,11 +1,12 @@
-"""The auth service's tables: users, refresh-token session families, outbox, processed messages."""
+"""The auth service's tables: users, refresh-token session families, one-time account
+tokens, the mail queue, outbox, processed messages."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, String
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from common.db import UTCDateTime, new_metadata, utcnow
@@ -41,6 +42,8 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(100))
     roles: Mapped[list[str]] = mapped_column(JSON, default=default_roles)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Whether the owner has shown they read mail at ``email`` (a link from it was followed).
+    email_verified: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     provisioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -89,6 +92,70 @@ class RevokedToken(Base):
 
     jti: Mapped[str] = mapped_column(String(255), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class AccountToken(Base):
+    """A one-time token mailed to a user: reset the password, verify or change the email.
+
+    Kept only as its SHA-256 hash, with the address it was mailed to (for an
+    email change, the new address it proves). One per user and purpose: a newer
+    one replaces the older. Deleted when used.
+    """
+
+    __tablename__ = "account_tokens"
+    __table_args__ = (
+        Index("uq_account_tokens_user_id_purpose", "user_id", "purpose", unique=True),
+    )
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(36), ForeignKey("users.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(16))
+    email: Mapped[str] = mapped_column(String(254))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Asked for by the user (counts in the resend interval), not sent on its own (registration).
+    requested: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+# A mail waits for the mailer while neither sent nor given up.
+MAIL_PENDING = "sent_at IS NULL AND failed_at IS NULL"
+
+
+class Mail(Base):
+    """A mail written by a request in its own transaction, sent later by the mailer worker.
+
+    The bodies hold the mail's link until it is sent (or given up on), then are
+    erased; what stays says what was sent to whom, and when.
+    """
+
+    __tablename__ = "mails"
+    __table_args__ = (
+        Index(
+            "ix_mails_due",
+            "next_attempt_at",
+            postgresql_where=text(MAIL_PENDING),
+            sqlite_where=text(MAIL_PENDING),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    # Which template: verify_email, reset_password, confirm_email_change, email_change_notice.
+    kind: Mapped[str] = mapped_column(String(32))
+    sender: Mapped[str] = mapped_column(String(320))
+    recipient: Mapped[str] = mapped_column(String(254))
+    subject: Mapped[str] = mapped_column(String(200))
+    text_body: Mapped[str | None] = mapped_column(Text)
+    html_body: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The SMTP server's last answer (code and text), never the mail's content.
+    last_error: Mapped[str | None] = mapped_column(String(200))
 
 
 class OutboxEvent(OutboxMixin, Base):

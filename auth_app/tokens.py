@@ -62,6 +62,7 @@ class TokenIssuer:
             "roles": list(user.roles),
             "email": user.email,
             "username": user.username,
+            "email_verified": user.email_verified,
         }
         return jwt.encode(
             claims, private_key, algorithm=ALGORITHM, headers={"typ": ACCESS_TOKEN_TYPE, "kid": kid}

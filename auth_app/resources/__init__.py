@@ -10,6 +10,7 @@ from auth_app.resources.account.routes import blp as account
 from auth_app.resources.auth.routes import INTROSPECTION_SCHEME
 from auth_app.resources.auth.routes import blp as auth
 from auth_app.resources.jwks.routes import blp as jwks
+from auth_app.resources.recovery.routes import blp as recovery
 from common.flask_db import get_session
 from common.web import ServiceApi, health_blueprint
 
@@ -30,7 +31,11 @@ def _document_body_rules(api: ServiceApi, password_min_length: int) -> None:
     # documented 422.)
     schemas = api.spec.components.schemas
     schemas["Login"]["oneOf"] = [{"required": ["email"]}, {"required": ["username"]}]
-    for name, field in (("Register", "password"), ("PasswordChange", "new_password")):
+    for name, field in (
+        ("Register", "password"),
+        ("PasswordChange", "new_password"),
+        ("ResetPassword", "new_password"),
+    ):
         schemas[name]["properties"][field]["minLength"] = password_min_length
 
 
@@ -44,7 +49,7 @@ def register_resources(api: ServiceApi, settings: AuthSettings) -> None:
             "description": "A client of INTROSPECTION_CLIENTS: its id and secret",
         },
     )
-    for blueprint in (auth, account, jwks):
+    for blueprint in (auth, account, recovery, jwks):
         api.register_blueprint(blueprint)
     api.register_blueprint(health_blueprint({"database": _database_ready, "redis": _redis_ready}))
     _document_body_rules(api, settings.password_min_length)

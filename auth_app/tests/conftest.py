@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from auth_app import create_app
-from auth_app.models import OutboxEvent
+from auth_app.models import Mail, OutboxEvent
 from common.keys import load_private_key
 from tests.support.servers import check_redis, run_id, write_test_keys
 
@@ -155,3 +156,26 @@ def outbox_messages(app) -> list[dict]:
         return [json.loads(row.body) for row in rows]
     finally:
         session.close()
+
+
+def mailbox(app, to: str | None = None, kind: str | None = None) -> list[Mail]:
+    """The mails the app has queued for the mailer (to ``to``, of ``kind``), oldest first."""
+    session = app.extensions["database"].sessionmaker()
+    try:
+        query = select(Mail).order_by(Mail.created_at, Mail.id)
+        if to is not None:
+            query = query.where(Mail.recipient == to)
+        if kind is not None:
+            query = query.where(Mail.kind == kind)
+        mails = list(session.scalars(query))
+        session.expunge_all()
+        return mails
+    finally:
+        session.close()
+
+
+def mailed_token(mail: Mail) -> str:
+    """The token of the link a queued mail carries."""
+    found = re.search(r"\?token=([\w-]+)", mail.text_body or "")
+    assert found is not None, f"no link in the {mail.kind} mail"
+    return found.group(1)

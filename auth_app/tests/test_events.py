@@ -67,6 +67,7 @@ def test_flows_write_user_sync_events_in_the_contract_envelope(app, client):
         "username": "Eve",
         "roles": ["user"],
         "is_active": True,
+        "email_verified": False,
         "created_at": registered.json["created_at"],
     }
     for revoked in messages[1:3]:

@@ -11,7 +11,7 @@ from flask.views import MethodView
 from flask_smorest import abort
 from flask_smorest.error_handler import ErrorSchema
 
-from auth_app import accounts, introspection, tokens
+from auth_app import accounts, email_address, introspection, tokens
 from auth_app.extensions import (
     TOO_MANY_REQUESTS,
     auth_rate_limit,
@@ -118,7 +118,7 @@ class Register(MethodView):
     @blp.alt_response(422, schema=ErrorSchema, description=POLICY_REFUSED)
     @blp.alt_response(429, description=RATE_LIMITED)
     def post(self, data: dict) -> Any:
-        """Create an account."""
+        """Create an account; unless ``EMAIL_VERIFICATION=off``, mail it a verification link."""
         session = get_session()
         try:
             user = accounts.register(
@@ -134,6 +134,8 @@ class Register(MethodView):
         except accounts.AccountExists as error:
             session.rollback()
             abort(409, message=f"That {error.field} is already registered")
+        if settings().email_verification != "off":
+            email_address.send_verification(session, settings(), user, requested=False)
         with conflict_on_integrity_error("That email or username is already registered"):
             session.commit()
         return user
@@ -146,7 +148,10 @@ class Login(MethodView):
     @blp.response(200, TokenPairSchema)
     @blp.doc(responses={200: {"links": LINKS_FROM_TOKEN_PAIR}})
     @blp.alt_response(401, description="Invalid credentials")
-    @blp.alt_response(403, description="Account disabled")
+    @blp.alt_response(
+        403,
+        description="Account disabled, or (EMAIL_VERIFICATION=required) email not verified",
+    )
     @blp.alt_response(429, description=f"{THROTTLED}; or {RATE_LIMITED.lower()}")
     def post(self, data: dict) -> Any:
         """Exchange a password for a token pair.
@@ -164,6 +169,7 @@ class Login(MethodView):
                 username=data.get("username"),
                 password=data["password"],
                 address=client_address(),
+                require_verified_email=settings().email_verification == "required",
             )
         except accounts.InvalidCredentials:
             abort(401, message="Invalid credentials")
@@ -171,6 +177,8 @@ class Login(MethodView):
             throttled(error, "Too many failed logins for this account; try again later")
         except accounts.AccountInactive:
             abort(403, message="Account disabled")
+        except accounts.EmailNotVerified:
+            abort(403, message="Email not verified: follow the link mailed to you first")
         pair = token_issuer().pair(session, user)
         session.commit()
         return pair, 200, NO_STORE

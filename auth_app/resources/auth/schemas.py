@@ -22,12 +22,18 @@ def _fits_once_lower_cased(email: str) -> None:
         raise ValidationError(f"Longer than maximum length {MAX_EMAIL_LENGTH} once lower-cased.")
 
 
+def email_field(*, required: bool = True) -> Email:
+    """An email address a client gives: at most 254 characters, once lower-cased too."""
+    return Email(
+        required=required,
+        validate=[validate.Length(max=MAX_EMAIL_LENGTH), _fits_once_lower_cased],
+    )
+
+
 class RegisterSchema(Schema):
     """A new account."""
 
-    email = Email(
-        required=True, validate=[validate.Length(max=MAX_EMAIL_LENGTH), _fits_once_lower_cased]
-    )
+    email = email_field()
     username = Text(
         required=True,
         validate=FullMatch(USERNAME_PATTERN, error="3-32 of A-Z a-z 0-9 _ . -"),
@@ -69,6 +75,7 @@ class UserSchema(Schema):
     username = fields.String(dump_only=True)
     roles = fields.List(fields.String(), dump_only=True)
     is_active = fields.Boolean(dump_only=True)
+    email_verified = fields.Boolean(dump_only=True)
     created_at = fields.DateTime(dump_only=True)
 
 
@@ -99,3 +106,4 @@ class IntrospectionSchema(Schema):
     roles = fields.List(fields.String())
     email = fields.String()
     username = fields.String()
+    email_verified = fields.Boolean()
