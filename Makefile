@@ -36,6 +36,14 @@ preflight: $(STAMP)
 # APP_ENV=development (anywhere else PASSWORD_PEPPER must be a secret of its own).
 run keys: export APP_ENV = development
 
+# Mail goes to the development sink (the Procfile's mailsink, which prints each
+# mail on the console) unless SMTP_URL names a server of the caller's.
+ifeq ($(strip $(SMTP_URL)),)
+run: export SMTP_URL = smtp://127.0.0.1:1025
+else
+RUN_PROCESSES := $(filter-out mailsink,$(RUN_PROCESSES))
+endif
+
 # The Procfile names bare commands (gunicorn, python): honcho must find the
 # virtual environment's, not whatever else is first on PATH.
 run: $(STAMP) preflight keys migrate

@@ -22,22 +22,28 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 
+from common.config import Env
+
 DATA = Path(__file__).resolve().parent / "data"
 
 # The processes built from this project's image, by role.
 WEB_APPS = {"auth": 5001, "user": 5002}
 RELAYS = ("auth_relay", "user_relay")
 WORKERS = ("auth_worker", "user_worker")
+MAILER = "mailer"
 ONE_SHOT = ("migrate", "keys")
-AUTH_SIDE = ("auth", "auth_relay", "auth_worker")
+AUTH_SIDE = ("auth", "auth_relay", "auth_worker", MAILER)
 USER_SIDE = ("user", "user_relay", "user_worker")
 AUTH_STATE = ("auth-db", "redis")
 USER_STATE = ("user-db",)
 BACKING = ("auth-db", "user-db", "redis", "rabbitmq")
 
 # `web` is the PaaS form of `auth` and `user` (APP=auth|user picks one); compose
-# runs the two named processes instead.
-PROCFILE_ONLY = {"web"}
+# runs the two named processes instead. `mailsink` is `make run`'s mail printer;
+# compose catches mail with Mailpit.
+PROCFILE_ONLY = {"web", "mailsink"}
+# URLs for browsers, not for the processes to connect to.
+BROWSER_URLS = {"FRONTEND_URL"}
 
 
 # --- what `docker compose config` does before validating ---------------------
@@ -370,7 +376,7 @@ def test_logs_are_json_in_the_base_file_and_text_under_the_override(base, merged
 
 def test_every_process_of_the_project_is_built_from_the_one_dockerfile(base):
     services = app_services(base)
-    assert set(services) == {*WEB_APPS, *RELAYS, *WORKERS, *ONE_SHOT}
+    assert set(services) == {*WEB_APPS, *RELAYS, *WORKERS, MAILER, *ONE_SHOT}
     builds = {json.dumps(s["build"], sort_keys=True) for s in services.values()}
     assert len(builds) == 1
     assert {s["image"] for s in services.values()} == {"authsvc:latest"}
@@ -432,13 +438,13 @@ def test_no_process_starts_before_migrations_and_web_apps_wait_for_keys(base):
         assert "keys" in services[name]["depends_on"], name
 
 
-def test_every_process_waits_for_the_servers_its_urls_name(base):
-    services = base["services"]
-    for name, service in app_services(base).items():
+def test_every_process_waits_for_the_servers_its_urls_name(config):
+    services = config["services"]
+    for name, service in app_services(config).items():
         hosts = {
             urlsplit(value).hostname
             for key, value in environment_of(service).items()
-            if key.endswith("_URL") and "://" in value
+            if key.endswith("_URL") and "://" in value and key not in BROWSER_URLS
         }
         for host in hosts:
             assert host in services[name].get("depends_on", {}), f"{name} -> {host}"
@@ -492,6 +498,29 @@ def test_production_like_compose_refuses_to_start_without_a_pepper(base):
             auth_settings(environ=environ)
 
 
+def test_production_like_compose_needs_an_smtp_server_for_the_mailer(base):
+    from common.config import ConfigError
+    from workers.mailer import MailerSettings
+
+    environ = environment_of(base["services"][MAILER])
+    assert environ["SMTP_URL"] == ""
+    with pytest.raises(ConfigError, match="^SMTP_URL must be set"):
+        MailerSettings.from_env(Env(environ))
+    given = {**environ, "SMTP_URL": "smtps://mailer:secret@smtp.example:465"}
+    assert MailerSettings.from_env(Env(given)).smtp.host == "smtp.example"
+
+
+def test_development_compose_sends_mail_to_mailpit_and_shows_it_on_loopback(merged):
+    from workers.mailer import MailerSettings
+
+    services = merged["services"]
+    settings = MailerSettings.from_env(Env(environment_of(services[MAILER])))
+    assert (settings.smtp.host, settings.smtp.port) == ("mailpit", 1025)
+    assert networks_of(services["mailpit"]) == {"mail-network"}
+    assert services["mailpit"]["ports"] == ["127.0.0.1:8025:8025"]
+    assert services[MAILER]["depends_on"]["mailpit"]["condition"] == "service_healthy"
+
+
 def test_development_compose_runs_on_the_development_pepper(merged):
     from auth_app.config import DEV_PASSWORD_PEPPER
     from auth_app.config import load_settings as auth_settings
@@ -523,11 +552,11 @@ def test_the_database_urls_compose_hands_out_use_the_installed_driver(base):
 # --- networks ----------------------------------------------------------------
 
 
-def test_every_url_a_process_is_given_points_at_a_service_on_a_shared_network(base):
-    services = base["services"]
-    for name, service in app_services(base).items():
+def test_every_url_a_process_is_given_points_at_a_service_on_a_shared_network(config):
+    services = config["services"]
+    for name, service in app_services(config).items():
         for key, value in environment_of(service).items():
-            if not key.endswith("_URL") or "://" not in value:
+            if not key.endswith("_URL") or "://" not in value or key in BROWSER_URLS:
                 continue
             host = urlsplit(value).hostname
             assert host in services, f"{name}: {key} names unknown host {host}"
@@ -558,8 +587,13 @@ def test_rabbitmq_is_reachable_by_every_relay_and_worker(config):
         assert networks_of(services[name]) & broker, name
 
 
-def test_networks_are_the_three_named_ones(base):
-    assert set(base["networks"]) == {"auth-network", "user-network", "microservice-network"}
+def test_networks_are_the_four_named_ones(base):
+    assert set(base["networks"]) == {
+        "auth-network",
+        "user-network",
+        "microservice-network",
+        "mail-network",
+    }
     assert networks_of(base["services"]["rabbitmq"]) == {"microservice-network"}
     assert networks_of(base["services"]["auth-db"]) == {"auth-network"}
     assert networks_of(base["services"]["redis"]) == {"auth-network"}

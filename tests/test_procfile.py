@@ -17,6 +17,7 @@ PROCESS_TYPES = (
     "user_relay",
     "auth_worker",
     "user_worker",
+    "mailer",
 )
 
 
@@ -48,6 +49,7 @@ def test_each_web_app_runs_under_gunicorn_with_the_project_settings(procfile, pr
         ("user_relay", "workers.relay user"),
         ("auth_worker", "workers.auth_worker"),
         ("user_worker", "workers.user_worker"),
+        ("mailer", "workers.mailer"),
     ],
 )
 def test_each_worker_is_a_module_of_its_own(procfile, process, module):
@@ -58,3 +60,10 @@ def test_parser_skips_comments_and_blank_lines_and_refuses_duplicates():
     assert parse_procfile("# note\n\nweb: run it\n") == {"web": "run it"}
     with pytest.raises(AssertionError):
         parse_procfile("web: a\nweb: b\n")
+
+
+def test_the_development_mail_sink_is_aiosmtpd_printing_on_loopback(procfile):
+    argv = shlex.split(procfile["mailsink"])
+    assert argv[:3] == ["python", "-m", "aiosmtpd"]
+    assert argv[argv.index("-l") + 1] == "127.0.0.1:1025"
+    assert argv[argv.index("-c") + 1] == "aiosmtpd.handlers.Debugging"

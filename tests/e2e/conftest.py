@@ -33,11 +33,20 @@ from tests.support.servers import (
     fresh_vhost,
     run_id,
 )
+from tests.support.smtp import SmtpServer
 
 # The virtual environment's bin directory: the Procfile names bare commands
 # (gunicorn, python, alembic) that must resolve to it, as under `make run`.
 BIN = Path(sys.executable).parent
-PROCESSES = ("auth", "user", "auth_relay", "user_relay", "auth_worker", "user_worker")
+PROCESSES = (
+    "auth",
+    "user",
+    "auth_relay",
+    "user_relay",
+    "auth_worker",
+    "user_worker",
+    "mailer",
+)
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
@@ -55,10 +64,15 @@ INHERITED_OUT = (
     "AUTH_JWKS_URL",
     "JWT_ISSUER",
     "JWT_AUDIENCE",
+    "SMTP_URL",
+    "FRONTEND_URL",
+    "EMAIL_VERIFICATION",
 )
 
 # How long a rotated refresh token still answers in the story's system.
 REUSE_GRACE_SECONDS = 1
+# Where the links in the system's mails point.
+FRONTEND_URL = "https://app.example"
 # The resource server allowed to introspect tokens (its secret is made per run).
 INTROSPECTION_CLIENT = "e2e-resource-server"
 
@@ -176,7 +190,14 @@ def system_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory, e2e_durations, system_env):
+def smtp_server():
+    """The SMTP server the system's mailer sends to: a real one, recording what it gets."""
+    with SmtpServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory, e2e_durations, system_env, smtp_server):
     """Start the whole system from the Procfile on fresh servers; yield it; stop it."""
     started = time.monotonic()
     check_redis()
@@ -212,6 +233,8 @@ def system(tmp_path_factory, e2e_durations, system_env):
             INTROSPECTION_CLIENTS=f"{INTROSPECTION_CLIENT}:{uuid.uuid4().hex}",
             # A short grace, so the story can replay a refresh token past it.
             REFRESH_REUSE_GRACE_SECONDS=str(REUSE_GRACE_SECONDS),
+            SMTP_URL=smtp_server.url(),
+            FRONTEND_URL=FRONTEND_URL,
             LOG_FORMAT="json",
             LOG_LEVEL="info",
             WEB_CONCURRENCY="2",
