@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from auth_app import create_app
-from auth_app.models import OutboxEvent, User
+from auth_app.models import Mail, OutboxEvent, User
 from auth_app.tests.conftest import (
     INTROSPECTION_CLIENT,
     PASSWORD,
@@ -115,17 +115,21 @@ def test_eight_parallel_registrations_of_one_name_are_one_201_and_seven_409s_20_
         for answer in answers:
             if answer.status_code == 409:
                 assert answer.get_json()["message"] == f"That {shared} is already registered"
-        # Nothing half-written: one account, and one `created` event for it.
+        # Nothing half-written: one account, one `created` event and one verification
+        # mail for it; the registrations that rolled back left no mail behind.
         session = app.extensions["database"].sessionmaker()
         try:
             users = session.scalars(select(User).where(User.email.contains(name))).all()
             events = session.scalar(
                 select(func.count()).select_from(OutboxEvent).where(OutboxEvent.body.contains(name))
             )
+            mails = session.scalars(select(Mail.recipient).where(Mail.recipient.contains(name)))
+            mailed = list(mails)
         finally:
             session.close()
         assert len(users) == 1
         assert events == 1
+        assert mailed == [users[0].email]
 
 
 # Strings PostgreSQL cannot store -----------------------------------------------------
