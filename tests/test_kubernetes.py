@@ -253,7 +253,7 @@ def of_kind(objects: list[dict], kind: str) -> dict[str, dict]:
 
 
 def by_name(objects: list[dict], kind: str, prefix: str) -> dict:
-    """The one object of ``kind`` named ``prefix``, or generated from it (``prefix-<hash>``)."""
+    """The one object of ``kind`` named ``prefix``, or ``prefix-<hash>`` as generators name it."""
     matches = [
         o
         for name, o in of_kind(objects, kind).items()
@@ -419,7 +419,7 @@ def test_the_schemas_refuse_a_misspelt_field_and_a_wrong_type(objects, keda_sche
 
 def test_every_overlay_renders_the_same_objects(rendered):
     def inventory(objects):
-        # Generated names end in a hash of their content, which differs.
+        # Names from kustomize's generators end in a hash of their content, which differs.
         return sorted(
             (o["kind"], re.sub(r"-[a-z0-9]{10}$", "", o["metadata"]["name"]))
             for o in objects
@@ -787,7 +787,7 @@ def test_the_production_examples_list_exactly_the_keys_the_manifests_read(render
 
 
 def keys_read(objects: list[dict], secret: str) -> set[str]:
-    """The keys of the generated Secret ``secret`` that a container or KEDA reads."""
+    """The keys of the Secret ``secret`` (from a secretGenerator) that a container or KEDA reads."""
     name = by_name(objects, "Secret", secret)["metadata"]["name"]
     keys = set()
     for template in pod_templates(objects).values():
