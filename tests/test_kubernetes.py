@@ -52,13 +52,10 @@ KEDA_KINDS = {
 KUSTOMIZE_MAJOR = 5
 
 # `web` is the PaaS form of `auth` and `user` (APP=auth|user), which run as
-# Deployments of their own; `release` is the Job.
-PROCFILE_ONLY = {"web"}
+# Deployments of their own; `mailsink` is `make run`'s development mail printer
+# (a cluster sends to a real SMTP server); `release` is the Job.
+PROCFILE_ONLY = {"web", "mailsink"}
 RELEASE = "release"
-# The mailer's Procfile line is being added with the mailer itself; until the
-# Procfile has it, the mailer runs the command CONTRACT.md's commands name.
-# Once it does, the Procfile's line is the one checked.
-PENDING_PROCESSES = {"mailer": "python -m workers.mailer"}
 
 WEB_APPS = {"auth": 5001, "user": 5002}
 CONSUMERS = {"auth_worker": "AUTH_QUEUE", "user_worker": "USER_QUEUE"}
@@ -79,6 +76,9 @@ METRICS_PORT = 9100
 # The one writable place in a pod: an emptyDir, not a path these tests write to.
 POD_TMP = "/tmp"  # noqa: S108
 AUTH_SIDE = ("auth", "auth_relay", "auth_worker", "mailer")
+# The processes that load the auth service's settings, and so check the pepper
+# (the mailer reads only the database URL and SMTP_URL, and gets no pepper).
+PEPPER_CHECKERS = ("auth", "auth_relay", "auth_worker")
 USER_SIDE = ("user", "user_relay", "user_worker")
 
 # Who reaches which of the things outside (the overlay's Externals object
@@ -435,7 +435,7 @@ def test_every_overlay_renders_the_same_objects(rendered):
 @pytest.fixture(scope="module")
 def processes(procfile) -> dict[str, str]:
     """Every process type a Deployment or the Job runs, with its command line."""
-    return {**PENDING_PROCESSES, **procfile}
+    return dict(procfile)
 
 
 def runs_line(container: dict, line: str) -> bool:
@@ -811,9 +811,13 @@ def test_every_process_accepts_the_environment_its_pod_gets(objects):
     from user_app.config import load_settings as user_settings
     from workers.settings import BrokerSettings
 
+    from workers.mailer import MailerSettings
+
     envs = {p: resolved_env(objects, container(t)) for p, t in pod_templates(objects).items()}
-    for process in AUTH_SIDE:
+    for process in PEPPER_CHECKERS:
         auth_settings(environ=envs[process])
+    assert MailerSettings.from_env(Env(envs["mailer"])).smtp.host
+    assert "PASSWORD_PEPPER" not in envs["mailer"]
     user = user_settings(environ=envs["user"])
     for process in (*AUTH_SIDE, *USER_SIDE, RELEASE):
         prefix = "AUTH" if process in (*AUTH_SIDE, RELEASE) else "USER"
@@ -835,7 +839,7 @@ def test_an_unedited_copy_of_the_production_examples_refuses_to_start(kubectl, t
     tree = copy_committed(tmp_path)
     write_test_secrets(tree / "overlays" / "production", edited=False)
     objects = kustomize(kubectl, tree / "overlays" / "production")
-    for process in AUTH_SIDE:
+    for process in PEPPER_CHECKERS:
         environ = resolved_env(objects, container(pod_templates(objects)[process]))
         with pytest.raises(ConfigError, match="^PASSWORD_PEPPER must be set"):
             auth_settings(environ=environ)
@@ -847,7 +851,7 @@ def test_development_runs_on_the_public_development_pepper_only_as_development(r
     from auth_app.config import load_settings as auth_settings
 
     objects = rendered["development"]
-    for process in AUTH_SIDE:
+    for process in PEPPER_CHECKERS:
         environ = resolved_env(objects, container(pod_templates(objects)[process]))
         assert environ["APP_ENV"] == "development"
         assert auth_settings(environ=environ).password_pepper == DEV_PASSWORD_PEPPER
