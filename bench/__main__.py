@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import ceilings, memory, pipeline
+from bench import ceilings, memory, pipeline, timing
 from bench.load import require_wrk, run_wrk
 from bench.report import Row, render_table
 from bench.system import BenchError, System, gunicorn_concurrency
@@ -88,7 +88,16 @@ def say(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-SECTIONS = ("login", "reads", "verify", "latency", "revocation", "pipeline", "memory")
+SECTIONS = (
+    "login",
+    "timing",
+    "reads",
+    "verify",
+    "latency",
+    "revocation",
+    "pipeline",
+    "memory",
+)
 
 
 def run(plan: Plan, only: frozenset[str] = frozenset(SECTIONS)) -> dict:
@@ -127,6 +136,8 @@ def run(plan: Plan, only: frozenset[str] = frozenset(SECTIONS)) -> dict:
             token = pipeline.login(auth, account["email"])["access_token"]
             if "login" in only:
                 measure_login(plan, system, auth, account, concurrency, rows, raw)
+            if "timing" in only:
+                measure_timing(plan, auth, rows, raw)
             if "reads" in only:
                 measure_reads(plan, user, bare, token, rows, raw)
             if "verify" in only:
@@ -286,6 +297,30 @@ def pem_parses(system: System, token: str, requests: int) -> tuple[int, int]:
         in_requests = counter["calls"] - at_start
     app.extensions["database"].engine.dispose()
     return at_start, in_requests
+
+
+def measure_timing(plan, auth, rows, raw) -> None:
+    """Answer times that must not tell whether an account exists: login and password/forgot."""
+    samples = max(3, plan.register_samples // 2)
+    say(f"answer times: login and password/forgot, known against unknown, {samples} each")
+    times = timing.answer_times(auth, timing.register_accounts(auth, samples))
+    raw["answer_times_ms"] = {
+        label: [round(v * 1000, 2) for v in values] for label, values in times.items()
+    }
+    for label, known, unknown in (
+        ("login", "login_wrong_password", "login_unknown"),
+        ("password/forgot", "forgot_known", "forgot_unknown"),
+    ):
+        for name, fraction in (("p50", 0.5), ("p99", 0.99)):
+            rows.append(
+                Row(
+                    f"{label} {name} (ms): known account / unknown",
+                    percentile(times[known], fraction) * 1000,
+                    ceiling=percentile(times[unknown], fraction) * 1000,
+                    ratio_target=1.1,
+                    lower_is_better=True,
+                )
+            )
 
 
 def measure_latency(plan, auth, auth_engine, user_engine, rows, raw) -> None:
