@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from auth_app.config import AuthSettings
 from auth_app.models import Mail
 from common.db import notify_at_commit, utcnow
+from common.logging import request_id_var
 
 #: The channel a commit that wrote a mail notifies (the mailer LISTENs on it).
 MAIL_CHANNEL = "mails_new"
@@ -103,6 +104,7 @@ def write(
         created_at=now,
         next_attempt_at=now,
         attempts=0,
+        correlation_id=request_id_var.get(),
     )
     session.add(mail)
     session.flush()

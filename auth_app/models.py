@@ -156,6 +156,8 @@ class Mail(Base):
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The SMTP server's last answer (code and text), never the mail's content.
     last_error: Mapped[str | None] = mapped_column(String(200))
+    # The id of the request that wrote it: the mailer's log lines about it carry it too.
+    correlation_id: Mapped[str | None] = mapped_column(String(128))
 
 
 class OutboxEvent(OutboxMixin, Base):

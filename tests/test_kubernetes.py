@@ -809,9 +809,8 @@ def test_every_process_accepts_the_environment_its_pod_gets(objects):
     from common.config import Env, database_url
     from common.keys import load_private_key, load_public_key
     from user_app.config import load_settings as user_settings
-    from workers.settings import BrokerSettings
-
     from workers.mailer import MailerSettings
+    from workers.settings import BrokerSettings
 
     envs = {p: resolved_env(objects, container(t)) for p, t in pod_templates(objects).items()}
     for process in PEPPER_CHECKERS:

@@ -46,7 +46,7 @@ from auth_app.mail import MAIL_CHANNEL
 from auth_app.models import Mail
 from common.config import ConfigError, Env, exit_on_config_error
 from common.db import make_engine, utcnow
-from common.logging import configure_logging_from_env
+from common.logging import configure_logging_from_env, log_context
 from workers.broker import Stopper
 from workers.listener import Listener
 
@@ -306,17 +306,23 @@ class Mailer:
             mail = session.scalars(self._due(now)).first()
             if mail is None:
                 return None
-            try:
-                self.smtp.send(build_message(mail))
-            except (smtplib.SMTPException, ValueError) as error:
-                # A refusal of this mail alone: smtplib's errors with a code, the
-                # recipients refused, or an address the server cannot take (SMTPUTF8).
-                return self._refused(mail, error, now)
-            mail.attempts += 1
-            mail.sent_at = now
-            _erase(mail)
-            log.info("mail sent mail_id=%s kind=%s", mail.id, mail.kind)
-            return Outcome.SENT
+            # Its log lines carry the id of the request that wrote it.
+            with log_context(request_id=mail.correlation_id or "-"):
+                return self._send(mail, now)
+
+    def _send(self, mail: Mail, now: datetime) -> Outcome:
+        """Send ``mail`` and record what became of it; the caller's transaction commits."""
+        try:
+            self.smtp.send(build_message(mail))
+        except (smtplib.SMTPException, ValueError) as error:
+            # A refusal of this mail alone: smtplib's errors with a code, the
+            # recipients refused, or an address the server cannot take (SMTPUTF8).
+            return self._refused(mail, error, now)
+        mail.attempts += 1
+        mail.sent_at = now
+        _erase(mail)
+        log.info("mail sent mail_id=%s kind=%s", mail.id, mail.kind)
+        return Outcome.SENT
 
     def _refused(self, mail: Mail, error: Exception, now: datetime) -> Outcome:
         codes = [_code(error)]

@@ -1,4 +1,4 @@
-"""Password reset by mail: forgot (a mail, or silence), reset (a new password, everything else dies).
+"""Password reset by mail: forgot (a mail, or nothing), reset (a new password, all else dies).
 
 The mails are read from the queue the mailer sends from; sending itself is
 ``workers/tests/test_mailer.py`` and the end-to-end run's.
@@ -53,6 +53,13 @@ def test_forgot_mails_a_reset_link_and_answers_202(app, client, accounts):
     assert "http://localhost:3000/reset-password?token=" in mail.text_body
     assert "/reset-password?token=" in mail.html_body
     assert "30 minutes" in mail.text_body
+
+
+def test_the_mail_remembers_the_request_that_wrote_it(app, client, accounts):
+    accounts.register("ada")
+    client.post(FORGOT, json={"email": "ada@example.com"}, headers={"X-Request-ID": "req-42"})
+    (mail,) = mailbox(app, kind="reset_password")
+    assert mail.correlation_id == "req-42"
 
 
 def test_an_unknown_address_gets_the_same_answer_and_no_mail(app, client, accounts):

@@ -25,6 +25,7 @@ from auth_app import mail
 from auth_app.config import load_settings
 from auth_app.models import Mail, User
 from common.db import make_engine, utcnow
+from common.logging import log_context
 from tests.integration.system import migrate, wait_until
 from tests.support.servers import fresh_postgres_database
 from tests.support.smtp import SmtpServer, self_signed
@@ -426,12 +427,15 @@ def test_the_mailer_recognises_a_mail_refused_by_the_server_process(
         server.refuse("nobody@example.com")
         log = tmp_path / "mailer.log"
         start(processes, database_url, server.url(), log)
-        (refused,) = queue(engine, settings, recipient="nobody@example.com")
+        with log_context(request_id="req-of-the-refused-mail"):
+            (refused,) = queue(engine, settings, recipient="nobody@example.com")
         (accepted,) = queue(engine, settings, recipient="somebody@example.com")
         server.wait_for(1, address="somebody@example.com")
         assert wait_until(lambda: row(engine, refused).failed_at is not None, timeout=10)
+    # The line names the mail, and the request that wrote it, never the address.
     assert re.search(
-        rf"mail failed mail_id={refused} kind=reset_password code=550", log.read_text()
+        rf"\[req-of-the-refused-mail\] mail failed mail_id={refused} kind=reset_password code=550",
+        log.read_text(),
     )
     assert "nobody@example.com" not in log.read_text()
     assert row(engine, accepted).sent_at is not None

@@ -68,6 +68,7 @@ def upgrade() -> None:
         sa.Column("sent_at", common.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("failed_at", common.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("last_error", sa.String(length=200), nullable=True),
+        sa.Column("correlation_id", sa.String(length=128), nullable=True),
         sa.ForeignKeyConstraint(
             ["user_id"], ["users.id"], name=op.f("fk_mails_user_id_users"), ondelete="CASCADE"
         ),
