@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.e2e.client import call, poll
-from tests.e2e.conftest import REUSE_GRACE_SECONDS
+from tests.e2e.conftest import PROCESSES, REUSE_GRACE_SECONDS
 
 # The whole system under honcho: long, and left out by `pytest -m "not slow"`.
 pytestmark = pytest.mark.slow
@@ -410,7 +410,7 @@ def test_request_ids_reach_the_services_logs(story, process_log):
 
 def test_ctrl_c_stops_every_process_it_started(system, e2e_durations):
     pids = system.started_pids()
-    assert len(pids) == 6, pids
+    assert len(pids) == len(PROCESSES), pids
 
     stopping = time.monotonic()
     left = system.stop()

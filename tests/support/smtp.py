@@ -12,6 +12,7 @@ import datetime
 import email
 import email.policy
 import ipaddress
+import logging
 import re
 import ssl
 import threading
@@ -24,6 +25,9 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.support.servers import free_port
+
+# aiosmtpd logs every SMTP command at INFO: noise in a failing test's output.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 LINK = re.compile(r"https?://\S+?/(?:verify-email|reset-password|confirm-email)\?token=([\w-]+)")
 
