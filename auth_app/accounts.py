@@ -22,6 +22,7 @@ from auth_app.login_throttle import LoginThrottle
 from auth_app.models import User
 from auth_app.passwords import PasswordHasher, check_policy
 from auth_app.revocation import RevocationStore
+from auth_app.security_events import EventType, record
 from common.db import utcnow
 
 log = logging.getLogger("auth_app.accounts")
@@ -178,27 +179,40 @@ def authenticate(
     per account and client ``address``. An unknown account
     costs one bcrypt verification like a known one, and is throttled the same
     way, so neither timing nor 429s reveal which accounts exist. A throttled
-    attempt checks no password at all, known account or not.
+    attempt checks no password at all, known account or not. Every outcome
+    but success records its security event here, which the caller commits
+    though it refuses the login (success is recorded with its new session).
     """
     user = find_for_login(session, email=email, username=username)
     account = throttle_account(user, email=email, username=username)
+    user_id = user.id if user is not None else None
     retry_after = throttle.attempt(account, address)
     if retry_after is not None:
-        log.info("login refused reason=throttled user_id=%s", user.id if user else "-")
+        log.info("login refused reason=throttled user_id=%s", user_id or "-")
+        record(session, EventType.LOGIN_THROTTLED, user_id)
         raise LoginThrottled(retry_after)
     if user is None:
         hasher.burn(password)
         log.info("login failed reason=unknown_account")
+        record(session, EventType.LOGIN_FAILED, None)
         raise InvalidCredentials()
     if not hasher.verify(password, user.password_hash):
         log.info("login failed reason=wrong_password user_id=%s", user.id)
+        record(session, EventType.LOGIN_FAILED, user.id)
         raise InvalidCredentials()
-    throttle.clear(account, address)
+    if user.mfa_enabled:
+        # The login is not done: the right password takes back its own attempt
+        # but keeps earlier failures, or logging in again would undo wrong codes.
+        throttle.forgive(account, address)
+    else:
+        throttle.clear(account, address)
     if not user.is_active:
         log.info("login refused reason=account_disabled user_id=%s", user.id)
+        record(session, EventType.LOGIN_FAILED, user.id)
         raise AccountInactive()
     if require_verified_email and not user.email_verified:
         log.info("login refused reason=email_not_verified user_id=%s", user.id)
+        record(session, EventType.LOGIN_FAILED, user.id)
         raise EmailNotVerified()
     if hasher.needs_rehash(user.password_hash):
         # The cost was raised since this hash was made: upgrade it while we know the password.
@@ -265,6 +279,7 @@ def change_password(
     # A reset link mailed before the change would undo it: it dies with the old password.
     account_tokens.revoke(session, user.id, account_tokens.Purpose.RESET_PASSWORD)
     revoke_everything(session, revocation, user)
+    record(session, EventType.PASSWORD_CHANGED, user.id)
     log.info("password changed user_id=%s", user.id)
 
 
@@ -316,6 +331,7 @@ def delete_account(
     user_id = user.id
     _remove(session, user)
     announce.deleted(session, user_id)
+    record(session, EventType.ACCOUNT_DELETED, user_id)
     log.info("account deleted user_id=%s", user_id)
 
 
@@ -325,6 +341,7 @@ def delete_account_from_user_service(session: Session, user_id: str) -> bool:
     if user is None:
         return False
     _remove(session, user)
+    record(session, EventType.ACCOUNT_DELETED, user_id)
     log.info("account deleted by the user service user_id=%s", user_id)
     return True
 

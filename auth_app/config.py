@@ -75,6 +75,10 @@ class AuthSettings(WebSettings):
     frontend_url: str = DEFAULT_FRONTEND_URL
     reset_token_ttl_minutes: int = 30
     verify_token_ttl_hours: int = 24
+    #: ``TOTP_ISSUER``: the name authenticator apps show beside the account.
+    totp_issuer: str = "authsvc"
+    #: ``SECURITY_EVENT_RETENTION_DAYS``: how long security events are kept.
+    security_event_retention_days: int = 90
     #: How long a refresh token lives.
     refresh_token_ttl: timedelta = field(init=False)
     #: How long a login lives, however often it is refreshed.
@@ -139,6 +143,14 @@ def checked_mail_from(value: str) -> str:
     if "@" not in address or any(ch in value for ch in "\r\n"):
         raise ConfigError(f"MAIL_FROM must be an email address such as {DEFAULT_MAIL_FROM!r}")
     return formataddr((name, address)) if name else address
+
+
+def _totp_issuer(env: Env) -> str:
+    """``TOTP_ISSUER``: printable, without the colon that separates it from the account."""
+    issuer = env.str("TOTP_ISSUER", "authsvc")
+    if ":" in issuer or not issuer.isprintable() or len(issuer) > 64:
+        raise ConfigError("TOTP_ISSUER must be up to 64 printable characters without ':'")
+    return issuer
 
 
 def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
@@ -211,6 +223,10 @@ def load_settings(
         frontend_url=env.str("FRONTEND_URL", DEFAULT_FRONTEND_URL),
         reset_token_ttl_minutes=env.int("RESET_TOKEN_TTL_MINUTES", 30, minimum=1, maximum=24 * 60),
         verify_token_ttl_hours=env.int("VERIFY_TOKEN_TTL_HOURS", 24, minimum=1, maximum=24 * 30),
+        totp_issuer=_totp_issuer(env),
+        security_event_retention_days=env.int(
+            "SECURITY_EVENT_RETENTION_DAYS", 90, minimum=1, maximum=3650
+        ),
     )
     return build_settings(
         AuthSettings, values, overrides, lambda: database_url_from_env(env.environ)

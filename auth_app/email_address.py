@@ -23,6 +23,7 @@ from auth_app.login_throttle import LoginThrottle
 from auth_app.models import User
 from auth_app.passwords import PasswordHasher
 from auth_app.recovery import RESEND_INTERVAL
+from auth_app.security_events import EventType, record
 from common.db import utcnow
 
 log = logging.getLogger("auth_app.email_address")
@@ -128,6 +129,7 @@ def verify_email(session: Session, token: str) -> User:
     if not user.email_verified:
         user.email_verified = True
         announce.updated(session, user, {"email_verified": True}, utcnow())
+        record(session, EventType.EMAIL_VERIFIED, user.id)
     log.info("email verified user_id=%s", user.id)
     return user
 
@@ -207,5 +209,6 @@ def confirm_email_change(session: Session, token: str) -> User:
         # An account registered with the address between the check and now.
         raise accounts.AccountExists("email") from None
     announce.updated(session, user, {"email": new_email, "email_verified": True}, utcnow())
+    record(session, EventType.EMAIL_CHANGED, user.id)
     log.info("email changed user_id=%s", user.id)
     return user

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import click
 import redis
-from flask import Flask, current_app
+from flask import Flask, current_app, g, request
 from flask_limiter import Limiter, RateLimitExceeded
 from sqlalchemy.exc import OperationalError
 
@@ -24,9 +24,11 @@ from auth_app.access import AccessCheck
 from auth_app.config import AuthSettings
 from auth_app.introspection import IntrospectionClients
 from auth_app.login_throttle import LoginThrottle
+from auth_app.mfa import MfaKeys
 from auth_app.models import Base
 from auth_app.passwords import PasswordHasher
 from auth_app.revocation import REDIS_TIMEOUT_SECONDS, RevocationStore
+from auth_app.security_events import bind_client, unbind_client
 from auth_app.tokens import TokenIssuer
 from common.auth import BearerAuth
 from common.config import ConfigError
@@ -119,6 +121,8 @@ def init_app(app: Flask, api: ServiceApi, settings: AuthSettings) -> None:
     )
     BearerAuth(verifier, AccessCheck(revocation), realm="auth").init_app(app)
     app.extensions["introspection_clients"] = IntrospectionClients(settings.introspection_clients)
+    app.extensions["mfa_keys"] = MfaKeys(settings.password_pepper)
+    _bind_clients(app)
     api.map_errors(
         app,
         {
@@ -129,6 +133,20 @@ def init_app(app: Flask, api: ServiceApi, settings: AuthSettings) -> None:
         },
     )
     _init_limiter(app, api, settings)
+
+
+def _bind_clients(app: Flask) -> None:
+    """Each request's client address and user agent, for the sessions and events it writes."""
+
+    @app.before_request
+    def bind() -> None:
+        g.client_binding = bind_client(client_address(), request.headers.get("User-Agent"))
+
+    @app.teardown_request
+    def unbind(_error: BaseException | None) -> None:
+        binding = g.pop("client_binding", None)
+        if binding is not None:
+            unbind_client(binding)
 
 
 def _init_limiter(app: Flask, api: ServiceApi, settings: AuthSettings) -> None:
@@ -183,6 +201,11 @@ def password_hasher() -> PasswordHasher:
 def introspection_clients() -> IntrospectionClients:
     """The current app's clients allowed to introspect tokens."""
     return cast(IntrospectionClients, current_app.extensions["introspection_clients"])
+
+
+def mfa_keys() -> MfaKeys:
+    """The current app's keys for second factors at rest."""
+    return cast(MfaKeys, current_app.extensions["mfa_keys"])
 
 
 def token_issuer() -> TokenIssuer:

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from auth_app.models import LoginSession, RefreshToken
+from auth_app.security_events import Client, current_client
 
 MAX_REFRESH_TOKEN_LENGTH = 512
 
@@ -70,17 +72,34 @@ def _issue(session: Session, family: LoginSession, now: datetime, ttl: timedelta
 
 
 def start(
-    session: Session, user_id: str, now: datetime, ttl: timedelta, max_age: timedelta
+    session: Session,
+    user_id: str,
+    now: datetime,
+    ttl: timedelta,
+    max_age: timedelta,
+    *,
+    amr: Sequence[str] = ("pwd",),
+    client: Client | None = None,
 ) -> tuple[LoginSession, str]:
     """Open a login session for ``user_id`` that ends ``max_age`` from now.
 
-    Returns the session and its first refresh token.
+    ``amr`` says how the user proved who they are; ``client`` where from
+    (the current request's, unless given). Returns the session and its first
+    refresh token.
     """
+    client = client or current_client()
     # revoked_at given, though None: a bulk revocation later in this
     # transaction then updates this object too (the ORM only refreshes
     # attributes an object holds).
     family = LoginSession(
-        user_id=user_id, created_at=now, expires_at=now + max_age, revoked_at=None
+        user_id=user_id,
+        created_at=now,
+        expires_at=now + max_age,
+        revoked_at=None,
+        last_used_at=now,
+        ip=client.ip,
+        user_agent=client.user_agent,
+        amr=list(amr),
     )
     session.add(family)
     session.flush()
@@ -146,12 +165,14 @@ def rotate(
             .execution_options(synchronize_session=False)
         )
         if cast(CursorResult, result).rowcount == 1:
+            family.last_used_at = now
             return family, _issue(session, family, now, ttl)
         session.refresh(row)
     # ``now`` was read before the lock: a refresh that waited on the one that
     # rotated the token can see a rotation "after" its own now. No grace (0)
     # must still mean that nothing answers twice.
     if grace > timedelta(0) and row.rotated_at is not None and now - row.rotated_at <= grace:
+        family.last_used_at = now
         return family, _issue(session, family, now, ttl)
     raise RefreshTokenReused(family)
 
@@ -179,3 +200,45 @@ def delete_all(session: Session, user_id: str) -> None:
         .where(LoginSession.user_id == user_id)
         .execution_options(synchronize_session=False)
     )
+
+
+def live(session: Session, user_id: str, now: datetime) -> list[tuple[LoginSession, datetime]]:
+    """The user's live sessions, newest first, each with when it ends unless refreshed.
+
+    Live: not revoked, not past its absolute end, and holding an unexpired
+    refresh token that was never rotated (or it could never be refreshed again).
+    """
+    current = (
+        select(RefreshToken.expires_at)
+        .where(
+            RefreshToken.session_id == LoginSession.id,
+            RefreshToken.rotated_at.is_(None),
+            RefreshToken.expires_at > now,
+        )
+        .order_by(RefreshToken.expires_at.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(LoginSession, current)
+        .where(
+            LoginSession.user_id == user_id,
+            LoginSession.revoked_at.is_(None),
+            LoginSession.expires_at > now,
+            exists().where(
+                RefreshToken.session_id == LoginSession.id,
+                RefreshToken.rotated_at.is_(None),
+                RefreshToken.expires_at > now,
+            ),
+        )
+        .order_by(LoginSession.created_at.desc(), LoginSession.id)
+    ).all()
+    return [(family, min(family.expires_at, until)) for family, until in rows]
+
+
+def live_one(session: Session, user_id: str, sid: str, now: datetime) -> LoginSession | None:
+    """Session ``sid`` if it is one of ``user_id``'s live sessions."""
+    for family, _until in live(session, user_id, now):
+        if family.id == sid:
+            return family
+    return None

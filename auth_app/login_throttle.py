@@ -22,6 +22,13 @@ import hashlib
 
 import redis
 
+# One attempt taken back, never below zero, never creating a key that is gone.
+_FORGIVE = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count > 0 then redis.call('DECR', KEYS[1]) end
+return count
+"""
+
 
 class LoginThrottle:
     """Count failed passwords per (account, address) inside a fixed window."""
@@ -54,6 +61,15 @@ class LoginThrottle:
         if int(count) <= self.max_failures:
             return None
         return max(int(ttl), 1)
+
+    def forgive(self, account: str, address: str) -> None:
+        """Take back one attempt of ``account`` from ``address``, keeping the failures before it.
+
+        A right password of an account with MFA on: the login is not done, so
+        the count of wrong codes (and passwords) must not be cleared by it.
+        """
+        if self.max_failures > 0:
+            self.client.eval(_FORGIVE, 1, self._key(account, address))
 
     def clear(self, account: str, address: str) -> None:
         """Forget the failures of ``account`` from ``address`` (its right password came)."""

@@ -23,6 +23,15 @@ def default_roles() -> list[str]:
     return ["user"]
 
 
+def password_only() -> list[str]:
+    """The ``amr`` of a login by password alone (RFC 8176)."""
+    return ["pwd"]
+
+
+#: An auto-incrementing 64-bit key (SQLite auto-increments only INTEGER PRIMARY KEY).
+BigKey = BigInteger().with_variant(Integer, "sqlite")
+
+
 class Base(DeclarativeBase):
     """Declarative base of the auth service, with the shared naming convention."""
 
@@ -44,6 +53,8 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     # Whether the owner has shown they read mail at ``email`` (a link from it was followed).
     email_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A confirmed TOTP credential: logins need a code after the password.
+    mfa_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     provisioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -68,6 +79,12 @@ class LoginSession(Base):
     # The login's absolute end (SESSION_MAX_AGE_DAYS), however often it is refreshed.
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    # Where and how it began, and when its refresh token was last used.
+    ip: Mapped[str | None] = mapped_column(String(45))
+    user_agent: Mapped[str | None] = mapped_column(String(255))
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # How the user proved who they are (RFC 8176): ["pwd"] or ["pwd", "otp"].
+    amr: Mapped[list[str]] = mapped_column(JSON, default=password_only)
 
 
 class RefreshToken(Base):
@@ -115,6 +132,74 @@ class AccountToken(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # Asked for by the user (counts in the resend interval), not sent on its own (registration).
     requested: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class TotpCredential(Base):
+    """A user's TOTP secret (RFC 6238), encrypted; pending until a code confirms it."""
+
+    __tablename__ = "totp_credentials"
+
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    # AES-GCM under a key derived from PASSWORD_PEPPER, bound to the user id.
+    secret: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The time step of the last code accepted: that code and every older one are spent.
+    last_step: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class RecoveryCode(Base):
+    """One single-use recovery code of a user with MFA on, kept as a keyed hash."""
+
+    __tablename__ = "recovery_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class MfaChallenge(Base):
+    """The second step a right password earned: an ``mfa_token``, as its hash.
+
+    Bound to the password it was earned with (a digest of the hash then
+    stored), it works once, for a few minutes, and dies after a few wrong codes.
+    """
+
+    __tablename__ = "mfa_challenges"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    password_digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SecurityEvent(Base):
+    """Something that happened to an account: a login, a failure, a change of credentials.
+
+    Kept without a foreign key, so an account's history outlives the account.
+    """
+
+    __tablename__ = "security_events"
+    __table_args__ = (
+        Index("ix_security_events_user_id_at", "user_id", "at"),
+        Index("ix_security_events_type_at", "type", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigKey, primary_key=True, autoincrement=True)
+    type: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    user_id: Mapped[str | None] = mapped_column(String(36))
+    ip: Mapped[str | None] = mapped_column(String(45))
+    user_agent: Mapped[str | None] = mapped_column(String(255))
+    session_id: Mapped[str | None] = mapped_column(String(36))
 
 
 # A mail waits for the mailer while neither sent nor given up.

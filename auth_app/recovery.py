@@ -19,6 +19,7 @@ from auth_app.config import AuthSettings
 from auth_app.models import User
 from auth_app.passwords import PasswordHasher, check_policy
 from auth_app.revocation import RevocationStore
+from auth_app.security_events import EventType, record
 from common.db import utcnow
 
 log = logging.getLogger("auth_app.recovery")
@@ -40,6 +41,7 @@ def forgot_password(session: Session, settings: AuthSettings, email: str) -> Non
             "password reset not sent reason=%s", "unknown_account" if user is None else "disabled"
         )
         return
+    record(session, EventType.PASSWORD_RESET_REQUESTED, user.id)
     previous = account_tokens.latest(session, user.id, Purpose.RESET_PASSWORD)
     if previous is not None and previous.created_at > utcnow() - RESEND_INTERVAL:
         log.info("password reset not sent reason=asked_again user_id=%s", user.id)
@@ -93,7 +95,9 @@ def reset_password(
     if row.email == user.email and not user.email_verified:
         user.email_verified = True
         announce.updated(session, user, {"email_verified": True}, utcnow())
+        record(session, EventType.EMAIL_VERIFIED, user.id)
     account_tokens.revoke(session, user.id)
     accounts.revoke_everything(session, revocation, user)
+    record(session, EventType.PASSWORD_RESET, user.id)
     log.info("password reset user_id=%s", user.id)
     return user

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,7 @@ from auth_app.config import AuthSettings
 from auth_app.login_sessions import EndedFamily, InvalidRefreshToken, RefreshTokenReused
 from auth_app.models import LoginSession, User
 from auth_app.revocation import RevocationStore, issued_at
+from auth_app.security_events import EventType, record
 from common.db import utcnow
 from common.keys import KeyRing
 from common.tokens import ACCESS_TOKEN_TYPE, ALGORITHM
@@ -63,6 +65,7 @@ class TokenIssuer:
             "email": user.email,
             "username": user.username,
             "email_verified": user.email_verified,
+            "amr": list(family.amr or ("pwd",)),
         }
         return jwt.encode(
             claims, private_key, algorithm=ALGORITHM, headers={"typ": ACCESS_TOKEN_TYPE, "kid": kid}
@@ -80,11 +83,9 @@ class TokenIssuer:
         The access token's ``iat`` is never below the user's revocation
         cut-off, so a pair handed out right after a revocation survives it.
         """
+        if family is None or refresh_token is None:
+            return self.new_session(session, user)[0]
         settings = self.settings
-        if family is None:
-            family, refresh_token = login_sessions.start(
-                session, user.id, utcnow(), settings.refresh_token_ttl, settings.session_max_age
-            )
         return {
             "access_token": self.access_token(user, family, issued_at(user)),
             "refresh_token": refresh_token,
@@ -92,6 +93,31 @@ class TokenIssuer:
             "expires_in": settings.access_token_ttl,
             "refresh_expires_in": int(settings.refresh_token_ttl.total_seconds()),
         }
+
+    def new_session(
+        self, session: Session, user: User, amr: Sequence[str] = ("pwd",)
+    ) -> tuple[dict[str, Any], LoginSession]:
+        """A new login session of ``user`` and its first token pair.
+
+        The session records ``amr`` (how the user proved who they are), which
+        every access token of it carries, and the current client.
+        """
+        settings = self.settings
+        family, refresh_token = login_sessions.start(
+            session,
+            user.id,
+            utcnow(),
+            settings.refresh_token_ttl,
+            settings.session_max_age,
+            amr=amr,
+        )
+        return self.pair(session, user, family, refresh_token), family
+
+    def log_in(self, session: Session, user: User, amr: Sequence[str] = ("pwd",)) -> dict[str, Any]:
+        """A new login session's pair, with its ``login_succeeded`` event."""
+        pair, family = self.new_session(session, user, amr)
+        record(session, EventType.LOGIN_SUCCEEDED, user.id, session_id=family.id)
+        return pair
 
     def end_session(self, session: Session, family: LoginSession) -> None:
         """End one login session here at once, and at the user service once it hears of it."""
@@ -125,6 +151,12 @@ def refresh(session: Session, issuer: TokenIssuer, refresh_token: str) -> dict[s
     except EndedFamily as error:
         issuer.end_session(session, error.family)
         if isinstance(error, RefreshTokenReused):
+            record(
+                session,
+                EventType.REFRESH_REUSE_DETECTED,
+                error.family.user_id,
+                session_id=error.family.id,
+            )
             log.warning(
                 "refresh reuse detected user_id=%s sid=%s", error.family.user_id, error.family.id
             )
@@ -170,4 +202,25 @@ def logout(
     for family in families:
         issuer.end_session(session, login_sessions.lock(session, family))
     issuer.revocation.revoke_token(session, claims["jti"], claims["exp"])
+    record(session, EventType.LOGOUT, user.id, session_id=sid)
     log.info("logout user_id=%s sid=%s", user.id, sid or "-")
+
+
+def end_session_of(session: Session, issuer: TokenIssuer, user: User, sid: str) -> bool:
+    """End the user's live session ``sid``, exactly as a logout of it would; False if none."""
+    family = login_sessions.live_one(session, user.id, sid, utcnow())
+    if family is None:
+        return False
+    issuer.end_session(session, login_sessions.lock(session, family))
+    log.info("session ended user_id=%s sid=%s", user.id, sid)
+    return True
+
+
+def end_other_sessions(session: Session, issuer: TokenIssuer, user: User, keep: str | None) -> int:
+    """End every live session of the user but ``keep`` (the caller's); how many ended."""
+    ended = 0
+    for family, _until in login_sessions.live(session, user.id, utcnow()):
+        if family.id != keep:
+            issuer.end_session(session, login_sessions.lock(session, family))
+            ended += 1
+    return ended

@@ -9,8 +9,12 @@ from auth_app.extensions import redis_client
 from auth_app.resources.account.routes import blp as account
 from auth_app.resources.auth.routes import INTROSPECTION_SCHEME
 from auth_app.resources.auth.routes import blp as auth
+from auth_app.resources.auth.schemas import MfaRequiredSchema
+from auth_app.resources.events.routes import blp as events
 from auth_app.resources.jwks.routes import blp as jwks
+from auth_app.resources.mfa.routes import blp as mfa
 from auth_app.resources.recovery.routes import blp as recovery
+from auth_app.resources.sessions.routes import blp as sessions
 from common.flask_db import get_session
 from common.web import ServiceApi, health_blueprint
 
@@ -31,6 +35,8 @@ def _document_body_rules(api: ServiceApi, password_min_length: int) -> None:
     # documented 422.)
     schemas = api.spec.components.schemas
     schemas["Login"]["oneOf"] = [{"required": ["email"]}, {"required": ["username"]}]
+    schemas["LoginMfa"]["oneOf"] = [{"required": ["code"]}, {"required": ["recovery_code"]}]
+
     for name, field in (
         ("Register", "password"),
         ("PasswordChange", "new_password"),
@@ -49,7 +55,9 @@ def register_resources(api: ServiceApi, settings: AuthSettings) -> None:
             "description": "A client of INTROSPECTION_CLIENTS: its id and secret",
         },
     )
-    for blueprint in (auth, account, recovery, jwks):
+    # The other shape a login or a password reset answers (auth.routes.LOGIN_ANSWER).
+    api.spec.components.schema("MfaRequired", schema=MfaRequiredSchema)
+    for blueprint in (auth, account, recovery, mfa, sessions, events, jwks):
         api.register_blueprint(blueprint)
     api.register_blueprint(health_blueprint({"database": _database_ready, "redis": _redis_ready}))
     _document_body_rules(api, settings.password_min_length)

@@ -219,9 +219,10 @@ def test_issued_access_token_has_the_rfc_9068_shape(client, accounts, private_ke
     )
     assert set(claims) == {
         "iss", "aud", "sub", "client_id", "exp", "iat", "jti", "sid", "roles", "email", "username",
-        "email_verified",
+        "email_verified", "amr",
     }  # fmt: skip
     assert claims["email_verified"] is False
+    assert claims["amr"] == ["pwd"]
     assert claims["sub"] == user["id"]
     assert claims["client_id"] == "auth_app"
     assert claims["exp"] - claims["iat"] == 900

@@ -32,9 +32,11 @@ def test_register_returns_the_user_with_a_lower_cased_email(client):
     assert response.status_code == 201
     body = response.json
     assert set(body) == {
-        "id", "email", "username", "roles", "is_active", "email_verified", "created_at"
+        "id", "email", "username", "roles", "is_active", "email_verified", "mfa_enabled",
+        "created_at",
     }  # fmt: skip
     assert body["email_verified"] is False
+    assert body["mfa_enabled"] is False
     assert body["email"] == "alice@example.com"
     assert body["username"] == "Alice"
     assert body["roles"] == ["user"]

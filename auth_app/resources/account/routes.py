@@ -34,6 +34,7 @@ from auth_app.resources.auth.routes import (
     throttled,
 )
 from auth_app.resources.auth.schemas import TokenPairSchema, UserSchema
+from auth_app.security_events import EventType, record
 from common.auth import login_required
 from common.flask_db import get_session
 from common.web import ServiceBlueprint, client_address
@@ -110,7 +111,9 @@ class LogoutAll(MethodView):
     def post(self) -> None:
         """End every session of the user; every access token issued before now dies."""
         session = get_session()
-        accounts.revoke_everything(session, revocation(), current_user())
+        user = current_user()
+        accounts.revoke_everything(session, revocation(), user)
+        record(session, EventType.LOGOUT_ALL, user.id, session_id=g.claims.get("sid"))
         session.commit()
 
 

@@ -10,23 +10,27 @@ from flask import request
 from flask.views import MethodView
 from flask_smorest import abort
 from flask_smorest.error_handler import ErrorSchema
+from sqlalchemy.orm import Session
 
-from auth_app import accounts, email_address, introspection, tokens
+from auth_app import accounts, email_address, introspection, mfa, tokens
 from auth_app.extensions import (
     TOO_MANY_REQUESTS,
     auth_rate_limit,
     introspection_clients,
     limiter,
     login_throttle,
+    mfa_keys,
     password_hasher,
     settings,
     token_issuer,
 )
 from auth_app.login_sessions import EndedFamily, InvalidRefreshToken
+from auth_app.models import User
 from auth_app.passwords import PasswordPolicyError
 from auth_app.resources.auth.schemas import (
     IntrospectionSchema,
     IntrospectSchema,
+    LoginMfaSchema,
     LoginSchema,
     RefreshSchema,
     RegisterSchema,
@@ -141,12 +145,44 @@ class Register(MethodView):
         return user
 
 
+def refuse(session: Session, status: int, message: str, **kwargs: Any) -> NoReturn:
+    """Commit what the refusal recorded (its security event, a spent token), then abort."""
+    session.commit()
+    abort(status, message=message, **kwargs)
+
+
+def mfa_challenge(session: Session, user: User) -> tuple[dict, int, dict]:
+    """The answer of a right password of an MFA account: an ``mfa_token`` and no tokens."""
+    token, expires_in = mfa.start_challenge(session, user)
+    session.commit()
+    return {"mfa_required": True, "mfa_token": token, "expires_in": expires_in}, 200, NO_STORE
+
+
+#: A login's 200, and a password reset's: a token pair, or with MFA on (and no
+#: tokens yet) the mfa_token that POST login/mfa takes with a code. The views
+#: return either dict as it is; the document says which two shapes it may have.
+LOGIN_ANSWER = {
+    "description": "A token pair; or, with MFA on, mfa_required and the mfa_token "
+    "that POST login/mfa takes with a code (no tokens yet)",
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/TokenPair"},
+                    {"$ref": "#/components/schemas/MfaRequired"},
+                ]
+            }
+        }
+    },
+}
+
+
 @blp.route("/login")
 class Login(MethodView):
     @rate_limited
     @blp.arguments(LoginSchema, example=LOGIN_EXAMPLE)
-    @blp.response(200, TokenPairSchema)
-    @blp.doc(responses={200: {"links": LINKS_FROM_TOKEN_PAIR}})
+    @blp.response(200)
+    @blp.doc(responses={200: {**LOGIN_ANSWER, "links": LINKS_FROM_TOKEN_PAIR}})
     @blp.alt_response(401, description="Invalid credentials")
     @blp.alt_response(
         403,
@@ -154,7 +190,7 @@ class Login(MethodView):
     )
     @blp.alt_response(429, description=f"{THROTTLED}; or {RATE_LIMITED.lower()}")
     def post(self, data: dict) -> Any:
-        """Exchange a password for a token pair.
+        """Exchange a password for a token pair (or, with MFA on, for an ``mfa_token``).
 
         Answers 503 while Redis is unreachable: the failed-login throttle and
         the user's revocation cut-off, which every new token must clear, live there.
@@ -172,14 +208,58 @@ class Login(MethodView):
                 require_verified_email=settings().email_verification == "required",
             )
         except accounts.InvalidCredentials:
-            abort(401, message="Invalid credentials")
+            refuse(session, 401, "Invalid credentials")
         except accounts.LoginThrottled as error:
+            session.commit()
             throttled(error, "Too many failed logins for this account; try again later")
         except accounts.AccountInactive:
-            abort(403, message="Account disabled")
+            refuse(session, 403, "Account disabled")
         except accounts.EmailNotVerified:
-            abort(403, message="Email not verified: follow the link mailed to you first")
-        pair = token_issuer().pair(session, user)
+            refuse(session, 403, "Email not verified: follow the link mailed to you first")
+        if user.mfa_enabled:
+            return mfa_challenge(session, user)
+        pair = token_issuer().log_in(session, user)
+        session.commit()
+        return pair, 200, NO_STORE
+
+
+@blp.route("/login/mfa")
+class LoginMfa(MethodView):
+    @rate_limited
+    @blp.arguments(LoginMfaSchema, example={"mfa_token": REFRESH_TOKEN_EXAMPLE, "code": "123456"})
+    @blp.response(200, TokenPairSchema)
+    @blp.doc(responses={200: {"links": LINKS_FROM_TOKEN_PAIR}})
+    @blp.alt_response(
+        401,
+        description="Invalid, used or expired mfa_token (dead after 5 wrong codes); "
+        "or a wrong or already used code",
+    )
+    @blp.alt_response(429, description=f"{THROTTLED}; or {RATE_LIMITED.lower()}")
+    def post(self, data: dict) -> Any:
+        """Complete an MFA login: the ``mfa_token`` and a TOTP code or a recovery code.
+
+        The access token's ``amr`` is ``["pwd", "otp"]``. Wrong codes count as
+        failed logins of the account from this address.
+        """
+        session = get_session()
+        try:
+            user, _factor = mfa.complete_login(
+                session,
+                login_throttle(),
+                mfa_keys(),
+                mfa_token=data["mfa_token"],
+                code=data.get("code"),
+                recovery_code=data.get("recovery_code"),
+                address=client_address(),
+            )
+        except mfa.InvalidMfaToken:
+            refuse(session, 401, "Invalid or expired mfa_token")
+        except mfa.WrongCode:
+            refuse(session, 401, "Wrong code")
+        except accounts.LoginThrottled as error:
+            session.commit()
+            throttled(error, "Too many failed logins for this account; try again later")
+        pair = token_issuer().log_in(session, user, amr=("pwd", "otp"))
         session.commit()
         return pair, 200, NO_STORE
 

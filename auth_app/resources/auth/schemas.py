@@ -76,6 +76,7 @@ class UserSchema(Schema):
     roles = fields.List(fields.String(), dump_only=True)
     is_active = fields.Boolean(dump_only=True)
     email_verified = fields.Boolean(dump_only=True)
+    mfa_enabled = fields.Boolean(dump_only=True)
     created_at = fields.DateTime(dump_only=True)
 
 
@@ -87,6 +88,30 @@ class TokenPairSchema(Schema):
     token_type = fields.String(required=True, metadata={"example": "Bearer"})
     expires_in = fields.Integer(required=True)
     refresh_expires_in = fields.Integer(required=True)
+
+
+class MfaRequiredSchema(Schema):
+    """The password was right; a second factor must follow (``POST login/mfa``)."""
+
+    mfa_required = fields.Boolean(required=True, metadata={"enum": [True]})
+    mfa_token = fields.String(required=True)
+    expires_in = fields.Integer(required=True)
+
+
+TOTP_CODE = r"^[0-9]{6}$"
+
+
+class LoginMfaSchema(Schema):
+    """The second step: the ``mfa_token`` and exactly one of a TOTP code or a recovery code."""
+
+    mfa_token = Text(required=True, load_only=True, validate=validate.Length(min=1, max=128))
+    code = Text(load_only=True, validate=FullMatch(TOTP_CODE, error="6 digits"))
+    recovery_code = Text(load_only=True, validate=validate.Length(min=1, max=32))
+
+    @validates_schema
+    def _one_code(self, data: dict, **_kwargs: Any) -> None:
+        if ("code" in data) == ("recovery_code" in data):
+            raise ValidationError("Give exactly one of code or recovery_code.", "_schema")
 
 
 class IntrospectionSchema(Schema):
@@ -107,3 +132,4 @@ class IntrospectionSchema(Schema):
     email = fields.String()
     username = fields.String()
     email_verified = fields.Boolean()
+    amr = fields.List(fields.String())

@@ -32,15 +32,17 @@ from auth_app.extensions import (
 from auth_app.passwords import PasswordPolicyError
 from auth_app.resources.auth.routes import (
     EXAMPLE_PASSWORD,
+    LOGIN_ANSWER,
     NO_STORE,
     POLICY_REFUSED,
     RATE_LIMITED,
     THROTTLED,
+    mfa_challenge,
     policy_error,
     rate_limited,
     throttled,
 )
-from auth_app.resources.auth.schemas import TokenPairSchema, UserSchema
+from auth_app.resources.auth.schemas import UserSchema
 from auth_app.resources.recovery.schemas import (
     AcceptedSchema,
     EmailChangeSchema,
@@ -112,7 +114,8 @@ class ResetPassword(MethodView):
         ResetPasswordSchema,
         example={**TOKEN_EXAMPLE, "new_password": "difference-engine-1822"},
     )
-    @blp.response(200, TokenPairSchema)
+    @blp.response(200)
+    @blp.doc(responses={200: LOGIN_ANSWER})
     @blp.alt_response(400, schema=ErrorSchema, description=INVALID_TOKEN)
     @blp.alt_response(403, schema=ErrorSchema, description="Account disabled")
     @blp.alt_response(422, schema=ErrorSchema, description=POLICY_REFUSED)
@@ -121,7 +124,9 @@ class ResetPassword(MethodView):
         """Set a new password with the token of a reset mail; answers a pair of a new session.
 
         Every earlier session and token of the user dies, here and at the user
-        service. A password the policy refuses leaves the token usable.
+        service. A password the policy refuses leaves the token usable. With
+        MFA on, the mail alone signs nobody in: the answer is an ``mfa_token``
+        for ``POST login/mfa``, as a login's is.
         """
         session = get_session()
         try:
@@ -139,6 +144,8 @@ class ResetPassword(MethodView):
             abort(403, message="Account disabled")
         except PasswordPolicyError as error:
             policy_error(error, "new_password")
+        if user.mfa_enabled:
+            return mfa_challenge(session, user)
         pair = token_issuer().pair(session, user)
         session.commit()
         return pair, 200, NO_STORE

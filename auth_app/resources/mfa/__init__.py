@@ -1,0 +1,1 @@
+"""Endpoints of the second factor: TOTP enrolment, confirmation and removal."""
