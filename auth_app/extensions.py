@@ -31,7 +31,9 @@ from auth_app.tokens import TokenIssuer
 from common.auth import BearerAuth
 from common.config import ConfigError
 from common.flask_db import Database
+from common.http_metrics import install_metrics
 from common.keys import KeyRing
+from common.metrics import AuthRecorder
 from common.tokens import TokenVerifier
 from common.web import ServiceApi, client_address
 
@@ -117,7 +119,11 @@ def init_app(app: Flask, api: ServiceApi, settings: AuthSettings) -> None:
         audience=settings.jwt_audience,
         leeway=settings.jwt_leeway_seconds,
     )
-    BearerAuth(verifier, AccessCheck(revocation), realm="auth").init_app(app)
+    recorder = AuthRecorder(settings.metrics_enabled)
+    install_metrics(app, api, recorder)
+    BearerAuth(
+        verifier, AccessCheck(revocation), realm="auth", on_outcome=recorder.token_check
+    ).init_app(app)
     app.extensions["introspection_clients"] = IntrospectionClients(settings.introspection_clients)
     api.map_errors(
         app,
@@ -183,6 +189,11 @@ def password_hasher() -> PasswordHasher:
 def introspection_clients() -> IntrospectionClients:
     """The current app's clients allowed to introspect tokens."""
     return cast(IntrospectionClients, current_app.extensions["introspection_clients"])
+
+
+def metrics() -> AuthRecorder:
+    """The current app's metrics recorder."""
+    return cast(AuthRecorder, current_app.extensions["metrics"])
 
 
 def token_issuer() -> TokenIssuer:

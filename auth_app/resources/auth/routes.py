@@ -18,11 +18,12 @@ from auth_app.extensions import (
     introspection_clients,
     limiter,
     login_throttle,
+    metrics,
     password_hasher,
     settings,
     token_issuer,
 )
-from auth_app.login_sessions import EndedFamily, InvalidRefreshToken
+from auth_app.login_sessions import EndedFamily, InvalidRefreshToken, RefreshTokenReused
 from auth_app.passwords import PasswordPolicyError
 from auth_app.resources.auth.schemas import (
     IntrospectionSchema,
@@ -166,13 +167,17 @@ class Login(MethodView):
                 address=client_address(),
             )
         except accounts.InvalidCredentials:
+            metrics().login("wrong_credentials")
             abort(401, message="Invalid credentials")
         except accounts.LoginThrottled as error:
+            metrics().login("throttled")
             throttled(error, "Too many failed logins for this account; try again later")
         except accounts.AccountInactive:
+            metrics().login("disabled")
             abort(403, message="Account disabled")
         pair = token_issuer().pair(session, user)
         session.commit()
+        metrics().login("ok")
         return pair, 200, NO_STORE
 
 
@@ -195,8 +200,10 @@ class Refresh(MethodView):
         session = get_session()
         try:
             pair = tokens.refresh(session, token_issuer(), data["refresh_token"])
-        except EndedFamily:
+        except EndedFamily as error:
             session.commit()  # a replay or a login past its end: the session's end stands
+            if isinstance(error, RefreshTokenReused):
+                metrics().refresh_reuse_detected()
             abort(401, message="Invalid refresh token")
         except InvalidRefreshToken:
             abort(401, message="Invalid refresh token")
