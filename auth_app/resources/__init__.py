@@ -9,6 +9,7 @@ from auth_app.extensions import redis_client
 from auth_app.resources.account.routes import blp as account
 from auth_app.resources.auth.routes import INTROSPECTION_SCHEME
 from auth_app.resources.auth.routes import blp as auth
+from auth_app.resources.discovery.routes import blp as discovery
 from auth_app.resources.jwks.routes import blp as jwks
 from common.flask_db import get_session
 from common.web import ServiceApi, health_blueprint
@@ -44,7 +45,7 @@ def register_resources(api: ServiceApi, settings: AuthSettings) -> None:
             "description": "A client of INTROSPECTION_CLIENTS: its id and secret",
         },
     )
-    for blueprint in (auth, account, jwks):
+    for blueprint in (auth, account, jwks, discovery):
         api.register_blueprint(blueprint)
     api.register_blueprint(health_blueprint({"database": _database_ready, "redis": _redis_ready}))
     _document_body_rules(api, settings.password_min_length)
