@@ -43,7 +43,27 @@ max_requests_jitter = 1000
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = os.environ.get("LOG_LEVEL", "info").strip().lower() or "info"
+
+# LOG_FORMAT=json (the default, as in common.config): gunicorn's own lines,
+# error and access, go through the services' handler, so every line of the
+# process is one JSON object of the same keys and a log shipper needs one
+# parser; access lines add method, path, status, duration_ms and request_id
+# (common.logging.AccessLogFields). With text, gunicorn keeps its own format.
+# A bad LOG_FORMAT or LOG_LEVEL is refused by the app, built in on_starting.
+if (os.environ.get("LOG_FORMAT") or "json").strip().lower() == "json":
+    _level = loglevel.upper() if loglevel in ("debug", "info", "warning", "error") else "INFO"
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "root": {"level": _level, "handlers": ["service"]},
+        "loggers": {
+            "gunicorn.error": {"level": _level, "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+        },
+        "handlers": {"service": {"()": "common.logging.service_handler", "fmt": "json"}},
+        "formatters": {},
+    }
 
 # Do not tell clients which server this is: gunicorn puts its name in every
 # Server header (the module global its responses read; workers fork after this).
