@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT
 from tests.e2e.client import call, poll
+from tests.e2e.conftest import PROCESSES
 from tests.e2e.processes import MARKER, free_port, tail
 from tests.support.servers import fresh_vhost, run_id
 from tests.test_web_line import migrate, start_line, stop, wait_for_health, web_environ
@@ -128,6 +129,27 @@ def test_the_alerts_cover_what_an_operator_is_woken_for():
 def test_the_prometheus_configuration_passes_promtool():
     result = promtool("check", "config", str(PROMETHEUS / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_scrape_configuration_names_each_compose_process_where_it_serves_metrics(
+    compose_base,
+):
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    targets = {
+        job["job_name"]: target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    services = compose_base["services"]
+    assert set(targets) == set(PROCESSES)
+    for name, target in targets.items():
+        host, port = target.split(":")
+        assert host == name
+        if name in ("auth", "user"):
+            assert f"0.0.0.0:{port}" in " ".join(services[name]["command"]), name
+        else:
+            assert services[name]["environment"]["METRICS_PORT"] == port, name
 
 
 def test_every_dashboard_query_is_valid_promql(tmp_path):
