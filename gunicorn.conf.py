@@ -111,7 +111,12 @@ def on_starting(server):
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
                 prefix=f"{METRICS_PREFIX}{service}-"
             )
-        app = importlib.import_module(package).create_app()
+        try:
+            app = importlib.import_module(package).create_app()
+        except BaseException:
+            # A configuration error stops the master before on_exit would run.
+            _remove_metrics_directory()
+            raise
         app.extensions["database"].engine.dispose()
 
 
@@ -125,6 +130,10 @@ def child_exit(server, worker):
 
 def on_exit(server):
     """The master stops: its metrics directory goes with it."""
+    _remove_metrics_directory()
+
+
+def _remove_metrics_directory():
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory and os.path.basename(directory).startswith(METRICS_PREFIX):
         shutil.rmtree(directory, ignore_errors=True)

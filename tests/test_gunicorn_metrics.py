@@ -118,3 +118,13 @@ def test_with_metrics_off_gunicorn_serves_no_metrics_and_makes_no_directory(user
     base = user_service.start(METRICS_ENABLED="false")
     assert call("GET", f"{base}/metrics").status == 404
     assert metrics_directories(tmp_path) == []
+
+
+def test_a_master_stopped_by_a_configuration_error_leaves_no_metrics_directory(
+    user_service, tmp_path
+):
+    with pytest.raises(AssertionError):
+        user_service.start(JWT_LEEWAY_SECONDS="many")
+    assert user_service.process.wait(timeout=30) != 0
+    assert "configuration error: JWT_LEEWAY_SECONDS" in user_service.log_path.read_text()
+    assert metrics_directories(tmp_path) == []
