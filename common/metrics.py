@@ -36,6 +36,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
     start_http_server,
@@ -441,6 +442,9 @@ def start_metrics_server(env: Env | None = None) -> WSGIServer | None:
     if not env.bool("METRICS_ENABLED", True) or env.raw("METRICS_PORT") is None:
         return None
     port = env.int("METRICS_PORT", 0, minimum=1, maximum=65535)
+    # No <counter>_created series beside every counter and histogram: the text
+    # format has no use for them (the web apps' multiprocess mode has none).
+    disable_created_metrics()
     try:
         server, _thread = start_http_server(port, addr="0.0.0.0")  # noqa: S104 - see above
     except OSError as error:

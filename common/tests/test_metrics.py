@@ -107,6 +107,7 @@ def test_metrics_port_serves_this_process_s_metrics():
         s.labels == {"queue": "metrics.test.queue"} and s.value >= 2 for s in applied.samples
     )
     assert "worker_batch_size" in families
+    assert not any(name.endswith("_created") for name in families)
 
 
 @pytest.mark.parametrize(
