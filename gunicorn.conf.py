@@ -8,6 +8,8 @@ memory low; ``WEB_CONCURRENCY`` and ``WEB_THREADS`` override.
 
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 import gunicorn.http.wsgi
 
@@ -41,7 +43,27 @@ max_requests_jitter = 1000
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = os.environ.get("LOG_LEVEL", "info").strip().lower() or "info"
+
+# LOG_FORMAT=json (the default, as in common.config): gunicorn's own lines,
+# error and access, go through the services' handler, so every line of the
+# process is one JSON object of the same keys and a log shipper needs one
+# parser; access lines add method, path, status, duration_ms and request_id
+# (common.logging.AccessLogFields). With text, gunicorn keeps its own format.
+# A bad LOG_FORMAT or LOG_LEVEL is refused by the app, built in on_starting.
+if (os.environ.get("LOG_FORMAT") or "json").strip().lower() == "json":
+    _level = loglevel.upper() if loglevel in ("debug", "info", "warning", "error") else "INFO"
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "root": {"level": _level, "handlers": ["service"]},
+        "loggers": {
+            "gunicorn.error": {"level": _level, "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+        },
+        "handlers": {"service": {"()": "common.logging.service_handler", "fmt": "json"}},
+        "formatters": {},
+    }
 
 # Do not tell clients which server this is: gunicorn puts its name in every
 # Server header (the module global its responses read; workers fork after this).
@@ -54,16 +76,64 @@ gunicorn.http.wsgi.SERVER = "authsvc"
 control_socket_disable = True
 
 
+# Metrics (GET /metrics): prometheus_client's multiprocess mode. Every worker
+# writes its values to files in PROMETHEUS_MULTIPROC_DIR and /metrics, served
+# by any one worker, sums them all; the files of a worker that exited stay, so
+# its counts survive recycling (max_requests). The directory is this master's
+# own, made empty at its start (tempfile.mkdtemp: private, under TMPDIR) and
+# removed at its exit, so two services, or two instances of one, on a host
+# never share one, and a restart starts from zero as Prometheus expects of a
+# restarted target. The variable must be set before prometheus_client is first
+# imported (it picks its mode then): here, before the app is built; the
+# workers inherit it.
+METRICS_PREFIX = "authsvc-metrics-"
+
+
 def on_starting(server):
     """Build the app once in the master, before any worker forks, then drop it.
 
     A bad or missing setting or key then stops gunicorn with the app's
     one-line message, instead of every worker failing on its own. Building
     the app opens no connection, so nothing is shared across the fork.
+    With METRICS_ENABLED (the default), the metrics directory is made first.
     """
     import importlib
 
+    from common.config import Env, stop_on_config_error
+
     package = (getattr(server.app, "app_uri", "") or "").split(":", 1)[0]
     if package in ("auth_app", "user_app"):
-        app = importlib.import_module(package).create_app()
+        with stop_on_config_error():
+            metrics_enabled = Env().bool("METRICS_ENABLED", True)
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        if metrics_enabled:
+            service = package[: -len("_app")]
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+                prefix=f"{METRICS_PREFIX}{service}-"
+            )
+        try:
+            app = importlib.import_module(package).create_app()
+        except BaseException:
+            # A configuration error stops the master before on_exit would run.
+            _remove_metrics_directory()
+            raise
         app.extensions["database"].engine.dispose()
+
+
+def child_exit(server, worker):
+    """A worker exited: drop its live gauges' files (its counters and histograms stay summed)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """The master stops: its metrics directory goes with it."""
+    _remove_metrics_directory()
+
+
+def _remove_metrics_directory():
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.path.basename(directory).startswith(METRICS_PREFIX):
+        shutil.rmtree(directory, ignore_errors=True)

@@ -36,12 +36,12 @@ class AccessCheck:
         except redis.RedisError:
             raise DependencyUnavailable("Token revocation state unavailable (Redis)") from None
         if revoked:
-            raise InvalidToken("token revoked")
+            raise InvalidToken("token revoked", "revoked")
         user = get_session().get(User, claims["sub"])
         if user is None:
-            raise InvalidToken("unknown user")
+            raise InvalidToken("unknown user", "unknown_user")
         if issued_before_cutoff(claims, user):
-            raise InvalidToken("token revoked")
+            raise InvalidToken("token revoked", "revoked")
         if not user.is_active:
             raise AccountDisabled("Account disabled")
         g.current_user = user

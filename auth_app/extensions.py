@@ -33,7 +33,9 @@ from auth_app.tokens import TokenIssuer
 from common.auth import BearerAuth
 from common.config import ConfigError
 from common.flask_db import Database
+from common.http_metrics import install_metrics
 from common.keys import KeyRing
+from common.metrics import AuthRecorder
 from common.tokens import TokenVerifier
 from common.web import ServiceApi, client_address
 
@@ -119,7 +121,11 @@ def init_app(app: Flask, api: ServiceApi, settings: AuthSettings) -> None:
         audience=settings.jwt_audience,
         leeway=settings.jwt_leeway_seconds,
     )
-    BearerAuth(verifier, AccessCheck(revocation), realm="auth").init_app(app)
+    recorder = AuthRecorder(settings.metrics_enabled)
+    install_metrics(app, api, recorder)
+    BearerAuth(
+        verifier, AccessCheck(revocation), realm="auth", on_outcome=recorder.token_check
+    ).init_app(app)
     app.extensions["introspection_clients"] = IntrospectionClients(settings.introspection_clients)
     app.extensions["mfa_keys"] = MfaKeys(settings.password_pepper)
     _bind_clients(app)
@@ -206,6 +212,11 @@ def introspection_clients() -> IntrospectionClients:
 def mfa_keys() -> MfaKeys:
     """The current app's keys for second factors at rest."""
     return cast(MfaKeys, current_app.extensions["mfa_keys"])
+
+
+def metrics() -> AuthRecorder:
+    """The current app's metrics recorder."""
+    return cast(AuthRecorder, current_app.extensions["metrics"])
 
 
 def token_issuer() -> TokenIssuer:

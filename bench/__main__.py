@@ -92,12 +92,15 @@ SECTIONS = (
     "login",
     "timing",
     "reads",
+    "metrics",
     "verify",
     "latency",
     "revocation",
     "pipeline",
     "memory",
 )
+#: What recording requests and serving /metrics may cost GET /users/me: 5 % of its rate.
+METRICS_COST_TARGET = 0.95
 
 
 def run(plan: Plan, only: frozenset[str] = frozenset(SECTIONS)) -> dict:
@@ -140,6 +143,13 @@ def run(plan: Plan, only: frozenset[str] = frozenset(SECTIONS)) -> dict:
                 measure_timing(plan, auth, rows, raw)
             if "reads" in only:
                 measure_reads(plan, user, bare, token, rows, raw)
+            if "metrics" in only:
+                # The same app and gunicorn settings, only METRICS_ENABLED differs.
+                quiet = system.start_web(
+                    "user_nometrics", "user_app:create_app()", env={"METRICS_ENABLED": "false"}
+                )
+                measure_metrics_cost(plan, user, quiet, token, rows, raw)
+                system.stop("user_nometrics")
             if "verify" in only:
                 measure_verify(plan, system, token, rows, raw)
             if "latency" in only:
@@ -236,6 +246,45 @@ def measure_reads(plan, user, bare, token, rows, raw) -> None:
             ceiling=median(r.p99_ms for r in bare_runs),
             target=20,
             lower_is_better=True,
+        )
+    )
+
+
+def measure_metrics_cost(plan, on, off, token, rows, raw) -> None:
+    """GET /users/me with METRICS_ENABLED true and false, runs interleaved: req/s and p99."""
+    say("metrics cost: GET /users/me with metrics off and on, interleaved")
+    on_runs, off_runs = [], []
+    for _ in range(plan.runs):
+        for target, runs in ((off, off_runs), (on, on_runs)):
+            runs.append(
+                run_wrk(
+                    target + "/api/v1/users/me",
+                    "bearer.lua",
+                    token,
+                    seconds=plan.seconds,
+                    connections=READ_CONNECTIONS,
+                )
+            )
+    check_errors("GET /users/me, metrics off", off_runs)
+    check_errors("GET /users/me, metrics on", on_runs)
+    raw["metrics_cost"] = {
+        "on_runs": [r.to_dict() for r in on_runs],
+        "off_runs": [r.to_dict() for r in off_runs],
+    }
+    # The ceiling column is the same run with metrics off.
+    rows.append(
+        Row(
+            "GET /users/me req/s, metrics on (vs off)",
+            median(r.rate for r in on_runs),
+            ceiling=median(r.rate for r in off_runs),
+            ratio_target=METRICS_COST_TARGET,
+        )
+    )
+    rows.append(
+        Row(
+            f"GET /users/me p99 ms @{READ_CONNECTIONS}, metrics on (vs off)",
+            median(r.p99_ms for r in on_runs),
+            ceiling=median(r.p99_ms for r in off_runs),
         )
     )
 

@@ -138,8 +138,13 @@ class System:
         self.processes[name] = process
         return process
 
-    def start_web(self, name: str, app_uri: str, *extra_args: str) -> str:
-        """Start gunicorn as the Procfile does on a free port; return its base URL once ready."""
+    def start_web(
+        self, name: str, app_uri: str, *extra_args: str, env: dict[str, str] | None = None
+    ) -> str:
+        """Start gunicorn as the Procfile does on a free port; return its base URL once ready.
+
+        ``env`` is added to the system's environment for this process.
+        """
         port = free_port()
         self.ports[name] = port
         process = self.spawn(
@@ -153,6 +158,7 @@ class System:
             f"127.0.0.1:{port}",
             *extra_args,
             app_uri,
+            **(env or {}),
         )
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/health", process, self.tmp / f"{name}.log")

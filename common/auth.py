@@ -27,7 +27,14 @@ class DependencyUnavailable(Exception):
 
 
 RevocationCheck = Callable[[dict], dict | None]
+#: Told the outcome of every token check: ``ok``, ``missing``, an InvalidToken's
+#: reason, ``account_disabled`` or ``unavailable`` (common.metrics' recorders).
+CheckOutcome = Callable[[str], None]
 View = Callable[..., Any]
+
+
+def _ignore(_outcome: str) -> None:
+    """An outcome nobody records."""
 
 
 class BearerAuth:
@@ -35,14 +42,20 @@ class BearerAuth:
 
     ``check(claims)`` may raise InvalidToken (401), AccountDisabled (403) or
     DependencyUnavailable (503), and may return updated claims (fresher roles).
+    ``on_outcome`` hears how every check ended (the app's metrics).
     """
 
     def __init__(
-        self, verifier: TokenVerifier, check: RevocationCheck | None = None, realm: str = "api"
+        self,
+        verifier: TokenVerifier,
+        check: RevocationCheck | None = None,
+        realm: str = "api",
+        on_outcome: CheckOutcome = _ignore,
     ):
         self.verifier = verifier
         self.check = check
         self.realm = realm
+        self.on_outcome = on_outcome
 
     def init_app(self, app: Flask) -> None:
         """Make this the app's bearer guard."""
@@ -61,9 +74,20 @@ class BearerAuth:
 
         Raises InvalidToken, AccountDisabled or DependencyUnavailable.
         """
-        claims = self.verifier.verify(token)
-        if self.check is not None:
-            claims = self.check(claims) or claims
+        try:
+            claims = self.verifier.verify(token)
+            if self.check is not None:
+                claims = self.check(claims) or claims
+        except InvalidToken as error:
+            self.on_outcome(error.reason)
+            raise
+        except AccountDisabled:
+            self.on_outcome("account_disabled")
+            raise
+        except DependencyUnavailable:
+            self.on_outcome("unavailable")
+            raise
+        self.on_outcome("ok")
         return claims
 
     def authenticate(self) -> dict:
@@ -71,6 +95,7 @@ class BearerAuth:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
+            self.on_outcome("missing")
             abort(401, message="Missing bearer token", headers=self._challenge())
         try:
             claims = self.claims_of(token.strip())

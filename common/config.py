@@ -258,6 +258,8 @@ class WebSettings:
     trusted_proxy_count: int = 0
     #: The role names there are (``ROLES``); ``user`` is every account's, ``admin`` administers.
     roles: tuple[str, ...] = DEFAULT_ROLES
+    #: ``METRICS_ENABLED``: record requests and outcomes and serve ``/metrics``.
+    metrics_enabled: bool = True
     # Tests on in-memory SQLite: create the tables from the models (Alembic owns them otherwise).
     create_schema: bool = False
     #: Seconds an access token lives.
@@ -317,6 +319,7 @@ def web_settings_values(env: Env, *, leeway_minimum: int, access_maximum: int | 
         "log_format": env.choice("LOG_FORMAT", "json", ("json", "text")),
         "roles": role_names(env),
         "trusted_proxy_count": env.int("TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=10),
+        "metrics_enabled": env.bool("METRICS_ENABLED", True),
     }
 
 

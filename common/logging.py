@@ -3,6 +3,12 @@
 The id lives in a context variable so the same formatter serves web requests
 and worker messages. A last-resort filter masks anything shaped like a JWT or a
 ``password=``/``token=`` pair, in case a library logs one.
+
+In JSON every line of every process is one object with the same keys:
+``time, level, logger, message, request_id, message_id``. gunicorn's own
+lines go through the same handler (gunicorn.conf.py's ``logconfig_dict``), and
+its access lines add ``method, path, status, duration_ms`` (the path without
+its query string) with the response's request id.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import contextvars
 import logging
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -46,11 +52,35 @@ def redact(text: str) -> str:
     return _SECRET_PATTERNS[1].sub(lambda m: m.group(1) + "[redacted]", text)
 
 
+class AccessLogFields(logging.Filter):
+    """gunicorn's access lines as fields: ``method, path, status, duration_ms, request_id``.
+
+    gunicorn logs each access with its atoms as the record's arguments; only
+    these are taken (the atoms also hold every request header, the
+    Authorization header included). The path is ``PATH_INFO``, without the
+    query string a client may have put a token in; the request id is the one
+    the app answered with.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        atoms = record.args
+        if record.name == "gunicorn.access" and isinstance(atoms, Mapping):
+            status = str(atoms.get("s", ""))
+            record.method = atoms.get("m") or "-"
+            record.path = atoms.get("U") or "-"
+            record.status = int(status) if status.isdigit() else status
+            micros = atoms.get("D")
+            record.duration_ms = round(micros / 1000, 1) if isinstance(micros, int) else 0
+            record.request_id = atoms.get("{x-request-id}o") or "-"
+        return True
+
+
 class ContextFilter(logging.Filter):
     """Put the current request and message ids on the record and mask secrets."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get() or "-"
+        # An access line brings the id it answered with (AccessLogFields).
+        record.request_id = getattr(record, "request_id", None) or request_id_var.get() or "-"
         record.message_id = message_id_var.get() or "-"
         if isinstance(record.msg, str) and record.args:
             try:
@@ -85,15 +115,11 @@ class JsonLineFormatter(_RedactExceptions, JsonFormatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Send every logger's records to stderr in one format, with ids and redaction.
+def service_handler(fmt: str = "json") -> logging.Handler:
+    """The one handler every line goes through: stderr, in ``fmt``, with ids and redaction.
 
-    Safe to call more than once (tests build many apps): the handler is replaced.
+    gunicorn.conf.py names it in ``logconfig_dict`` for gunicorn's own loggers.
     """
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_service_handler", False):
-            root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler._service_handler = True  # type: ignore[attr-defined]
     if fmt == "json":
@@ -105,9 +131,25 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         )
     else:
         handler.setFormatter(TextFormatter(TEXT_FORMAT))
+    handler.addFilter(AccessLogFields())
     handler.addFilter(ContextFilter())
-    root.addHandler(handler)
+    return handler
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """Send every logger's records to stderr in one format, with ids and redaction.
+
+    Safe to call more than once (tests build many apps): the handler is replaced.
+    Python's warnings go through it too, so not even they leave a line of
+    another shape.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_service_handler", False):
+            root.removeHandler(handler)
+    root.addHandler(service_handler(fmt))
     root.setLevel(level.upper())
+    logging.captureWarnings(True)
     # pika is chatty at INFO about every connection step.
     logging.getLogger("pika").setLevel(max(logging.WARNING, root.level))
 

@@ -13,7 +13,7 @@ import binascii
 import json
 import re
 import time
-from typing import Protocol
+from typing import Literal, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -28,8 +28,34 @@ _ALLOWED_HEADERS = {"alg", "typ", "kid"}
 _PLAIN_SEGMENTS = re.compile(r"([A-Za-z0-9_-]+)\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
+#: Why a token was refused, in a word: the ``reason`` of an :class:`InvalidToken`
+#: (metrics count refusals by it; common.metrics.TOKEN_REFUSALS lists them all).
+Refusal = Literal[
+    "malformed",
+    "unsupported_algorithm",
+    "not_access_token",
+    "unsupported_header",
+    "unknown_key",
+    "invalid_signature",
+    "invalid",
+    "expired",
+    "not_yet_valid",
+    "wrong_audience",
+    "wrong_issuer",
+    "missing_claim",
+    "invalid_claim",
+    "revoked",
+    "unknown_user",
+    "account_deleted",
+]
+
+
 class InvalidToken(Exception):
-    """The token cannot be trusted; ``str(error)`` is a client-safe reason."""
+    """The token cannot be trusted; ``str(error)`` is a client-safe reason, ``reason`` its kind."""
+
+    def __init__(self, message: str, reason: Refusal = "invalid") -> None:
+        super().__init__(message)
+        self.reason: Refusal = reason
 
 
 class KeySet(Protocol):
@@ -51,27 +77,27 @@ class TokenVerifier:
     def verify(self, token: str) -> dict:
         """Return the claims of a valid access token or raise InvalidToken."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
-            raise InvalidToken("malformed token")
+            raise InvalidToken("malformed token", "malformed")
         if token.count(".") != 2:
-            raise InvalidToken("malformed token")
+            raise InvalidToken("malformed token", "malformed")
         try:
             header = _unverified_header(token)
         except (jwt.PyJWTError, RecursionError):
             # RecursionError: a header of JSON nested thousands deep, which
             # json.loads (here or in PyJWT) cannot read.
-            raise InvalidToken("malformed token") from None
+            raise InvalidToken("malformed token", "malformed") from None
         if header.get("alg") != ALGORITHM:
-            raise InvalidToken("unsupported algorithm")
+            raise InvalidToken("unsupported algorithm", "unsupported_algorithm")
         if str(header.get("typ", "")).lower() not in (ACCESS_TOKEN_TYPE, "application/at+jwt"):
-            raise InvalidToken("not an access token")
+            raise InvalidToken("not an access token", "not_access_token")
         if set(header) - _ALLOWED_HEADERS:
-            raise InvalidToken("unsupported token header")
+            raise InvalidToken("unsupported token header", "unsupported_header")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH:
-            raise InvalidToken("unknown signing key")
+            raise InvalidToken("unknown signing key", "unknown_key")
         key = self.keys.get(kid)
         if key is None:
-            raise InvalidToken("unknown signing key")
+            raise InvalidToken("unknown signing key", "unknown_key")
         try:
             claims = jwt.decode(
                 token,
@@ -83,21 +109,23 @@ class TokenVerifier:
                 options={"require": REQUIRED_CLAIMS, "strict_aud": False},
             )
         except jwt.ExpiredSignatureError:
-            raise InvalidToken("token expired") from None
+            raise InvalidToken("token expired", "expired") from None
         except jwt.ImmatureSignatureError:
-            raise InvalidToken("token not yet valid") from None
+            raise InvalidToken("token not yet valid", "not_yet_valid") from None
         except jwt.InvalidAudienceError:
-            raise InvalidToken("wrong audience") from None
+            raise InvalidToken("wrong audience", "wrong_audience") from None
         except jwt.InvalidIssuerError:
-            raise InvalidToken("wrong issuer") from None
+            raise InvalidToken("wrong issuer", "wrong_issuer") from None
         except jwt.MissingRequiredClaimError as error:
-            raise InvalidToken(f"missing claim {error.claim}") from None
+            raise InvalidToken(f"missing claim {error.claim}", "missing_claim") from None
         except jwt.DecodeError as error:
             # The fast header read leaves the other segments' encoding to PyJWT:
             # a token it cannot even read is malformed, as PyJWT's own read said.
-            if isinstance(error, jwt.InvalidSignatureError) or _readable(token):
+            if isinstance(error, jwt.InvalidSignatureError):
+                raise InvalidToken("invalid token", "invalid_signature") from None
+            if _readable(token):
                 raise InvalidToken("invalid token") from None
-            raise InvalidToken("malformed token") from None
+            raise InvalidToken("malformed token", "malformed") from None
         except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
             raise InvalidToken("invalid token") from None
         if not isinstance(claims, dict):
@@ -107,20 +135,20 @@ class TokenVerifier:
     def _check_claims(self, claims: dict) -> dict:
         # Exact issuer match, whatever the library's comparison does.
         if claims.get("iss") != self.issuer:
-            raise InvalidToken("wrong issuer")
+            raise InvalidToken("wrong issuer", "wrong_issuer")
         now = time.time()
         iat = claims.get("iat")
         if not isinstance(iat, int | float) or isinstance(iat, bool):
             raise InvalidToken("invalid token")
         if iat > now + self.leeway:
-            raise InvalidToken("token not yet valid")
+            raise InvalidToken("token not yet valid", "not_yet_valid")
         for name in ("sub", "jti"):
             value = claims.get(name)
             if not isinstance(value, str) or not value or len(value) > 255:
-                raise InvalidToken(f"invalid claim {name}")
+                raise InvalidToken(f"invalid claim {name}", "invalid_claim")
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise InvalidToken("invalid claim roles")
+            raise InvalidToken("invalid claim roles", "invalid_claim")
         return claims
 
 

@@ -24,6 +24,7 @@ def test_bench_smoke_run_measures_every_figure(tmp_path, capsys):
     for what in (
         "login req/s (bcrypt 4)",
         "GET /users/me req/s",
+        "GET /users/me req/s, metrics on (vs off)",
         "TokenVerifier.verify (us)",
         "register -> profile p50 (ms)",
         "logout -> refused at user service p50 (ms)",
@@ -35,6 +36,10 @@ def test_bench_smoke_run_measures_every_figure(tmp_path, capsys):
     assert results["verify"]["pem_parses_in_requests"] == 0
     assert results["verify"]["pem_parses_building_app"] >= 1
     assert "| what | figure | ceiling | ratio | target |" in capsys.readouterr().out
+    # The metrics cost is the same read with METRICS_ENABLED false as its ceiling.
+    cost = figures["GET /users/me req/s, metrics on (vs off)"]
+    assert cost["ceiling"] > 0 and cost["ratio"] is not None
+    assert results["metrics_cost"]["off_runs"] and results["metrics_cost"]["on_runs"]
 
 
 def test_a_row_passes_or_misses_on_its_ratio_and_its_target():

@@ -29,6 +29,7 @@ from workers.broker import declare_queue
 from workers.settings import BrokerSettings
 
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
+DEVELOPMENT = ROOT / "deploy" / "rabbitmq" / "definitions.development.json"
 SERVICES = {"auth-service": (USER_EVENTS, AUTH_QUEUE), "user-service": (AUTH_EVENTS, USER_QUEUE)}
 
 
@@ -86,6 +87,28 @@ def test_each_hash_is_of_the_development_password_compose_uses():
     for name, url in urls.items():
         user = "auth-service" if name.startswith("auth") else "user-service"
         assert url.startswith(f"amqp://{user}:${{"), (name, url)
+
+
+def test_the_development_broker_adds_only_the_guest_user_make_run_uses():
+    base, development = definitions(), json.loads(DEVELOPMENT.read_text())
+    [guest] = [user for user in development["users"] if user["name"] == "guest"]
+    assert {**development, "users": base["users"], "permissions": base["permissions"]} == base
+    assert [u for u in development["users"] if u["name"] != "guest"] == base["users"]
+    raw = base64.b64decode(guest["password_hash"])
+    assert hashlib.sha256(raw[:4] + b"guest").digest() == raw[4:]
+    assert [p for p in development["permissions"] if p["user"] != "guest"] == base["permissions"]
+    assert {"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"} in (
+        development["permissions"]
+    )
+    # The development compose file loads them, and lets guest in through the published port.
+    override = yaml.safe_load((ROOT / "docker-compose.override.yml").read_text())
+    mounts = override["services"]["rabbitmq"]["volumes"]
+    assert "./deploy/rabbitmq/definitions.development.json:/etc/rabbitmq/definitions.json:ro" in (
+        mounts
+    )
+    conf = (ROOT / "deploy" / "rabbitmq" / "rabbitmq.development.conf").read_text()
+    assert "loopback_users.guest = false" in conf
+    assert "load_definitions = /etc/rabbitmq/definitions.json" in conf
 
 
 @pytest.fixture(scope="module")

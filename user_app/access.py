@@ -96,7 +96,7 @@ def check_account(claims: dict[str, Any]) -> dict[str, Any]:
     """
     user_id = canonical_id(claims["sub"])
     if user_id is None or user_id != claims["sub"]:
-        raise InvalidToken("invalid claim sub")
+        raise InvalidToken("invalid claim sub", "invalid_claim")
     sid = claims.get("sid")
     state = access_state(get_session(), user_id, sid if isinstance(sid, str) else None)
     # The view reads the same row: keep it for the request, so it is not read twice.
@@ -104,9 +104,9 @@ def check_account(claims: dict[str, Any]) -> dict[str, Any]:
     # the object is gone by the time the view asks for it again.)
     g.account_profile = state.profile
     if state.deleted:
-        raise InvalidToken("account deleted")
+        raise InvalidToken("account deleted", "account_deleted")
     if state.session_revoked or token_revoked(claims["iat"], state.tokens_valid_after):
-        raise InvalidToken("token revoked")
+        raise InvalidToken("token revoked", "revoked")
     if state.profile is not None and not state.profile.is_active:
         raise AccountDisabled("Account disabled")
     return {**claims, "roles": effective_roles(state.profile, claims.get("roles", []))}

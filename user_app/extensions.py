@@ -14,8 +14,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from common.auth import BearerAuth
 from common.flask_db import Database
+from common.http_metrics import install_metrics
 from common.jwks import JWKSKeySet
 from common.keys import KeyRing
+from common.metrics import UserRecorder
 from common.tokens import KeySet, TokenVerifier
 from common.web import ServiceApi
 from user_app.access import check_account
@@ -56,7 +58,11 @@ def init_app(app: Flask, api: ServiceApi, settings: UserSettings) -> None:
         audience=settings.jwt_audience,
         leeway=settings.jwt_leeway_seconds,
     )
-    BearerAuth(verifier, check=check_account, realm="user-service").init_app(app)
+    recorder = UserRecorder(settings.metrics_enabled)
+    install_metrics(app, api, recorder)
+    BearerAuth(
+        verifier, check=check_account, realm="user-service", on_outcome=recorder.token_check
+    ).init_app(app)
     api.map_errors(
         app, {OperationalError: DATABASE_UNAVAILABLE, InterfaceError: DATABASE_UNAVAILABLE}
     )

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.events import Envelope, EventType, InvalidMessage, consumed_from, parse_envelope
 from common.logging import log_context
+from common.metrics import ConsumerRecorder
 from common.outbox import ProcessedMessageModel
 from workers.broker import Stopper, close_quietly, connect, declare_queue, pause, run_forever
 from workers.settings import BrokerSettings
@@ -101,6 +102,7 @@ class Consumer:
             )
         self._handlers = {event_type.name: handler for event_type, handler in self.handlers.items()}
         self.session_factory = sessionmaker(self.engine, expire_on_commit=False)
+        self.metrics = ConsumerRecorder(self.queue)
 
     # -- applying ------------------------------------------------------------
     def accept(self, body: bytes, properties: Any = None) -> Envelope:
@@ -185,11 +187,13 @@ class Consumer:
             )
             # A failure a database outage explains is no message's fault.
             owed = 0 if isinstance(error, TRANSIENT_ERRORS) else 1
+            self.metrics.retried(len(deliveries))
             for delivery in deliveries:
                 owed = self._settle_alone(connection, channel, delivery, owed=owed)
             return
         # Every earlier delivery on this channel is settled: one ack covers them all.
         channel.basic_ack(deliveries[-1].tag, multiple=True)
+        self.metrics.applied(len(deliveries), outcomes.count("applied"))
         for delivery, outcome in zip(deliveries, outcomes, strict=True):
             self._log_outcome(delivery.envelope, outcome)
 
@@ -203,6 +207,7 @@ class Consumer:
                 "dead-lettering message %s: %s", getattr(properties, "message_id", None), error
             )
             channel.basic_reject(method.delivery_tag, requeue=False)
+            self.metrics.dead_lettered()
             return None
 
     @staticmethod
@@ -238,11 +243,13 @@ class Consumer:
                         error = failure
                     else:
                         channel.basic_ack(delivery.tag)
+                        self.metrics.applied(1, int(outcome == "applied"))
                         log.info("%s %s %s", envelope.type, envelope.id, outcome)
                         return owed
                 if isinstance(error, InvalidMessage):
                     log.error("dead-lettering %s %s: %s", envelope.type, envelope.id, error)
                     channel.basic_reject(delivery.tag, requeue=False)
+                    self.metrics.dead_lettered()
                     return 0
                 if isinstance(error, TRANSIENT_ERRORS):
                     log.warning(
@@ -263,11 +270,13 @@ class Consumer:
                             "dead-lettering %s %s after %d tries", envelope.type, envelope.id, tries
                         )
                         channel.basic_reject(delivery.tag, requeue=False)
+                        self.metrics.dead_lettered()
                         return 0
                 error = None
                 if self.stopper.stopping:
                     # Not acked: the broker redelivers it to the next consumer.
                     return owed
+                self.metrics.retried()
                 pause(connection, delay, self.stopper)
                 delay = min(10.0, delay * 2)
 

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import random
 import select
 import smtplib
 import ssl
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -47,6 +50,7 @@ from auth_app.models import Mail
 from common.config import ConfigError, Env, exit_on_config_error
 from common.db import make_engine, utcnow
 from common.logging import configure_logging_from_env, log_context
+from common.metrics import mailer_metrics, start_metrics_server
 from workers.broker import Stopper
 from workers.listener import Listener
 
@@ -285,6 +289,7 @@ class Mailer:
         self.postgres = self.engine.dialect.name == "postgresql"
         self.smtp = SmtpConnection(self.settings.smtp)
         self.listener = Listener(self.engine, MAIL_CHANNEL)
+        self.metrics = mailer_metrics()
 
     def _due(self, now: datetime) -> Select[Mail]:
         pending = and_(Mail.sent_at.is_(None), Mail.failed_at.is_(None))
@@ -321,6 +326,7 @@ class Mailer:
         mail.attempts += 1
         mail.sent_at = now
         _erase(mail)
+        self.metrics.sent.inc()
         log.info("mail sent mail_id=%s kind=%s", mail.id, mail.kind)
         return Outcome.SENT
 
@@ -337,6 +343,7 @@ class Mailer:
         if permanent:
             mail.failed_at = now
             _erase(mail)
+            self.metrics.failed.inc()
             log.warning(
                 "mail failed mail_id=%s kind=%s code=%s attempts=%d",
                 mail.id,
@@ -347,6 +354,7 @@ class Mailer:
             return Outcome.FAILED
         first, cap = RETRY_BACKOFF
         mail.next_attempt_at = now + min(cap, first * 2 ** (mail.attempts - 1))
+        self.metrics.retried.inc()
         log.info(
             "mail refused for now mail_id=%s kind=%s code=%s attempts=%d",
             mail.id,
@@ -406,6 +414,7 @@ class Mailer:
                     delay = first
                     self.wait()
                 except SmtpUnavailable as error:
+                    self.metrics.retried.inc()
                     log.warning("SMTP unavailable (%s); retrying in %.1fs", error, delay)
                 except DB_ERRORS as error:
                     log.warning("mail database unavailable (%s); retrying", type(error).__name__)
@@ -420,6 +429,50 @@ class Mailer:
             self.listener.drop()
         log.info("mailer stopped")
         return 0
+
+
+def backlog(engine: Engine) -> Callable[[], tuple[int, float]]:
+    """Mails waiting to be sent, and the age in seconds of the oldest (0 if none).
+
+    One query over the partial index of pending mails; ``engine`` should be
+    the metrics' own, so a scrape never waits for the mailer's connection.
+    """
+    query = sql_select(func.count(), func.min(Mail.created_at)).where(
+        Mail.sent_at.is_(None), Mail.failed_at.is_(None)
+    )
+
+    def read() -> tuple[int, float]:
+        with engine.connect() as connection:
+            pending, oldest = connection.execute(query).one()
+        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        return int(pending), max(0.0, age)
+
+    return read
+
+
+def watch_backlog(read: Callable[[], tuple[int, float]]) -> None:
+    """Make ``mail_pending`` and ``mail_oldest_pending_age_seconds`` read ``read`` when scraped.
+
+    Both come from one read per scrape; a read that fails (the database is
+    down) reports NaN rather than failing the scrape.
+    """
+    metrics = mailer_metrics()
+    latest: dict[str, tuple[float, tuple[float, float]]] = {}
+
+    def value(index: int) -> float:
+        cached = latest.get("read")
+        if cached is None or time.monotonic() - cached[0] > 1.0:
+            try:
+                pending, age = read()
+                cached = (time.monotonic(), (float(pending), age))
+            except Exception as error:  # noqa: BLE001 - a scrape must not fail on it
+                log.warning("mail backlog unreadable (%s)", type(error).__name__)
+                return math.nan
+            latest["read"] = cached
+        return cached[1][index]
+
+    metrics.pending.set_function(lambda: value(0))
+    metrics.oldest_pending_age.set_function(lambda: value(1))
 
 
 def _code(error: Exception) -> int:
@@ -443,6 +496,8 @@ def main() -> int:
     configure_logging_from_env(env)
     settings = MailerSettings.from_env(env)
     engine = make_engine(settings.database_url, pool_size=2, max_overflow=0)
+    if start_metrics_server(env) is not None:
+        watch_backlog(backlog(make_engine(settings.database_url, pool_size=1, max_overflow=0)))
     return Mailer(engine, settings).run()
 
 

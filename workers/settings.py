@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from common.config import Env, S, rabbitmq_url
 from common.db import make_engine
 from common.logging import configure_logging_from_env
+from common.metrics import start_metrics_server
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,15 @@ class BrokerSettings:
 def start_worker(
     load_settings: Callable[..., S], *, max_overflow: int = 2
 ) -> tuple[BrokerSettings, S, Engine]:
-    """What every worker does first: logging, then its broker and service settings and engine.
+    """What every worker does first: logging, its settings and engine, its metrics server.
 
-    The engine is a small pool on the service's database. A bad value raises ConfigError.
+    The engine is a small pool on the service's database. Metrics are served
+    on ``METRICS_PORT`` when it is set. A bad value raises ConfigError.
     """
     env = Env()
     configure_logging_from_env(env)
     settings = load_settings(environ=env.environ)
+    broker = BrokerSettings.from_env(env)
     engine = make_engine(settings.database_url, pool_size=2, max_overflow=max_overflow)
-    return BrokerSettings.from_env(env), settings, engine
+    start_metrics_server(env)
+    return broker, settings, engine

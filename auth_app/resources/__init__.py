@@ -10,6 +10,7 @@ from auth_app.resources.account.routes import blp as account
 from auth_app.resources.auth.routes import INTROSPECTION_SCHEME
 from auth_app.resources.auth.routes import blp as auth
 from auth_app.resources.auth.schemas import MfaRequiredSchema
+from auth_app.resources.discovery.routes import blp as discovery
 from auth_app.resources.events.routes import blp as events
 from auth_app.resources.jwks.routes import blp as jwks
 from auth_app.resources.mfa.routes import blp as mfa
@@ -57,7 +58,7 @@ def register_resources(api: ServiceApi, settings: AuthSettings) -> None:
     )
     # The other shape a login or a password reset answers (auth.routes.LOGIN_ANSWER).
     api.spec.components.schema("MfaRequired", schema=MfaRequiredSchema)
-    for blueprint in (auth, account, recovery, mfa, sessions, events, jwks):
+    for blueprint in (auth, account, recovery, mfa, sessions, events, jwks, discovery):
         api.register_blueprint(blueprint)
     api.register_blueprint(health_blueprint({"database": _database_ready, "redis": _redis_ready}))
     _document_body_rules(api, settings.password_min_length)

@@ -11,11 +11,16 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Response:
-    """What the service answered: status, headers (lower-cased names) and the JSON body."""
+    """What the service answered: status, headers (lower-cased names) and the body.
+
+    ``json`` is the body parsed, unless it is text (``text/*``, e.g. /metrics);
+    ``text`` is the body as it came.
+    """
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     json: object = None
+    text: str = ""
 
 
 def call(
@@ -42,8 +47,10 @@ def call(
             status, raw, answer_headers = answer.status, answer.read(), answer.headers
     except urllib.error.HTTPError as error:
         status, raw, answer_headers = error.code, error.read(), error.headers
-    body = jsonlib.loads(raw) if raw.strip() else None
-    return Response(status, {k.lower(): v for k, v in answer_headers.items()}, body)
+    headers = {k.lower(): v for k, v in answer_headers.items()}
+    is_text = headers.get("content-type", "").startswith("text/")
+    body = jsonlib.loads(raw) if raw.strip() and not is_text else None
+    return Response(status, headers, body, raw.decode(errors="replace"))
 
 
 def poll(fetch, until, timeout: float = 20.0, interval: float = 0.2):

@@ -420,6 +420,38 @@ def test_ctrl_c_stops_every_process_it_started(system, e2e_durations):
     assert system.honcho.returncode is not None
 
 
+# Keys of every JSON log line, and what gunicorn's access lines add (common.logging).
+LOG_LINE_KEYS = {"time", "level", "logger", "message", "request_id", "message_id"}
+ACCESS_LINE_KEYS = {"method", "path", "status", "duration_ms"}
+# honcho's prefix of each line a process wrote: "12:00:00 auth_worker.1 | ".
+HONCHO_LINE = re.compile(r"^\d\d:\d\d:\d\d (\S+?)\.\d+\s*\| (.*)$")
+
+
+def test_every_line_every_process_wrote_is_json_of_one_shape(system, process_log):
+    """Runs after Ctrl-C: the whole run's output, gunicorn's own lines included."""
+    by_process: dict[str, int] = {}
+    bad = []
+    for number, line in enumerate(process_log.read_text(errors="replace").splitlines(), 1):
+        match = HONCHO_LINE.match(line)
+        if match is None:
+            continue  # honcho's own lines ("system | auth.1 started") and the command
+        name, text = match.groups()
+        by_process[name] = by_process.get(name, 0) + 1
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or not (
+            LOG_LINE_KEYS <= set(parsed) <= LOG_LINE_KEYS | ACCESS_LINE_KEYS
+        ):
+            bad.append(f"line {number}: {line[:200]}")
+        elif parsed["logger"] == "gunicorn.access":
+            assert set(parsed) == LOG_LINE_KEYS | ACCESS_LINE_KEYS, line
+            assert "?" not in parsed["path"], line
+    assert bad == []
+    assert set(by_process) == set(PROCESSES)
+
+
 def test_no_password_hash_or_token_reaches_the_logs(
     story, system, process_log, auth_database, capsys
 ):

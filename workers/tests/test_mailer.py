@@ -467,3 +467,42 @@ def test_user_deletion_takes_its_pending_mails_along(engine, settings):
     with SmtpServer() as server:
         assert mailer_for(engine, server.url()).send_due() == 0
     assert server.received == []
+
+
+def test_the_mailer_serves_its_metrics_on_metrics_port(
+    engine, settings, database_url, tmp_path, processes
+):
+    import urllib.request
+
+    from tests.support.servers import free_port
+
+    port = free_port()
+    with SmtpServer() as server:
+        server.refuse("gone@example.com")
+        start(processes, database_url, server.url(), tmp_path / "m.log", METRICS_PORT=str(port))
+        queue(engine, settings, count=3)
+        queue(engine, settings, recipient="gone@example.com")
+        server.wait_for(3)
+        assert wait_until(lambda: row_count_failed(engine) == 1, timeout=10)
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                return answer.read().decode()
+
+        text = wait_until(lambda: _scraped(scrape), timeout=20)
+    assert "mail_sent_total 3.0" in text
+    assert "mail_failed_total 1.0" in text
+    assert "mail_pending 0.0" in text
+    assert "mail_oldest_pending_age_seconds 0.0" in text
+
+
+def _scraped(scrape) -> str | None:
+    try:
+        return scrape()
+    except OSError:
+        return None
+
+
+def row_count_failed(engine) -> int:
+    with Session(engine) as session:
+        return session.scalar(select(func.count()).where(Mail.failed_at.is_not(None)))

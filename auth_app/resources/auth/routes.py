@@ -19,12 +19,13 @@ from auth_app.extensions import (
     introspection_clients,
     limiter,
     login_throttle,
+    metrics,
     mfa_keys,
     password_hasher,
     settings,
     token_issuer,
 )
-from auth_app.login_sessions import EndedFamily, InvalidRefreshToken
+from auth_app.login_sessions import EndedFamily, InvalidRefreshToken, RefreshTokenReused
 from auth_app.models import User
 from auth_app.passwords import PasswordPolicyError
 from auth_app.resources.auth.schemas import (
@@ -208,18 +209,24 @@ class Login(MethodView):
                 require_verified_email=settings().email_verification == "required",
             )
         except accounts.InvalidCredentials:
+            metrics().login("wrong_credentials")
             refuse(session, 401, "Invalid credentials")
         except accounts.LoginThrottled as error:
             session.commit()
+            metrics().login("throttled")
             throttled(error, "Too many failed logins for this account; try again later")
         except accounts.AccountInactive:
+            metrics().login("disabled")
             refuse(session, 403, "Account disabled")
         except accounts.EmailNotVerified:
+            metrics().login("email_not_verified")
             refuse(session, 403, "Email not verified: follow the link mailed to you first")
         if user.mfa_enabled:
+            metrics().login("mfa_required")
             return mfa_challenge(session, user)
         pair = token_issuer().log_in(session, user)
         session.commit()
+        metrics().login("ok")
         return pair, 200, NO_STORE
 
 
@@ -253,14 +260,18 @@ class LoginMfa(MethodView):
                 address=client_address(),
             )
         except mfa.InvalidMfaToken:
+            metrics().login("wrong_credentials")
             refuse(session, 401, "Invalid or expired mfa_token")
         except mfa.WrongCode:
+            metrics().login("wrong_credentials")
             refuse(session, 401, "Wrong code")
         except accounts.LoginThrottled as error:
             session.commit()
+            metrics().login("throttled")
             throttled(error, "Too many failed logins for this account; try again later")
         pair = token_issuer().log_in(session, user, amr=("pwd", "otp"))
         session.commit()
+        metrics().login("ok")
         return pair, 200, NO_STORE
 
 
@@ -283,8 +294,10 @@ class Refresh(MethodView):
         session = get_session()
         try:
             pair = tokens.refresh(session, token_issuer(), data["refresh_token"])
-        except EndedFamily:
+        except EndedFamily as error:
             session.commit()  # a replay or a login past its end: the session's end stands
+            if isinstance(error, RefreshTokenReused):
+                metrics().refresh_reuse_detected()
             abort(401, message="Invalid refresh token")
         except InvalidRefreshToken:
             abort(401, message="Invalid refresh token")

@@ -1,0 +1,1 @@
+"""Discovery metadata for resource servers (OpenID Connect Discovery, RFC 8414)."""
