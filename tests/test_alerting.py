@@ -209,9 +209,7 @@ def exported(procfile, tmp_path_factory) -> dict[str, set[str]]:
     default, is not there: it retries, and serves its metrics meanwhile.)
     """
     tmp_path = tmp_path_factory.mktemp("alerting")
-    ports = {
-        name: free_port() for name in ("auth", "user", "auth_relay", "user_worker", "mailer")
-    }
+    ports = {name: free_port() for name in ("auth", "user", "auth_relay", "user_worker", "mailer")}
     started: list[tuple[subprocess.Popen, str, Path]] = []
     with fresh_vhost("alerting") as amqp_url:
         env = web_environ(tmp_path, run_id())
