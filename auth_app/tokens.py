@@ -33,6 +33,10 @@ from common.tokens import ACCESS_TOKEN_TYPE, ALGORITHM
 log = logging.getLogger("auth_app.tokens")
 
 
+class AccountGone(Exception):
+    """The account was deleted while the login that would open a session ran."""
+
+
 class NotYourRefreshToken(Exception):
     """A logout named a refresh token that is not one of the caller's."""
 
@@ -100,8 +104,16 @@ class TokenIssuer:
         """A new login session of ``user`` and its first token pair.
 
         The session records ``amr`` (how the user proved who they are), which
-        every access token of it carries, and the current client.
+        every access token of it carries, and the current client. The user's
+        row is held (``FOR KEY SHARE``) until the commit, so an account being
+        deleted meanwhile either waits for this login, whose session then goes
+        with it, or is gone already: AccountGone, never a session of nobody.
         """
+        if (
+            session.get(User, user.id, with_for_update={"key_share": True}, populate_existing=True)
+            is None
+        ):
+            raise AccountGone()
         settings = self.settings
         family, refresh_token = login_sessions.start(
             session,

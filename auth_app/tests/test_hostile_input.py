@@ -10,7 +10,7 @@ import threading
 import uuid
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from auth_app import create_app
 from auth_app.models import Mail, OutboxEvent, User
@@ -318,3 +318,27 @@ def test_an_odd_request_id_is_replaced(client, value):
     assert response.status_code == 200
     assert response.headers["X-Request-ID"] != value
     assert len(response.headers["X-Request-ID"]) == 32
+
+
+def test_a_login_racing_the_deletion_of_its_account_is_401_never_500(app):
+    user = Accounts(app.test_client()).register()
+    engine = app.extensions["database"].engine
+    answers: list = []
+    with engine.connect() as deleting:
+        transaction = deleting.begin()
+        # The deletion holds the row, as DELETE /me or user.deleted does until its commit.
+        deleting.execute(delete(User).where(User.id == user["id"]))
+        login = threading.Thread(
+            target=lambda: answers.append(
+                app.test_client().post(
+                    "/api/v1/auth/login", json={"email": user["email"], "password": PASSWORD}
+                )
+            )
+        )
+        login.start()
+        login.join(timeout=1.0)  # the password checks out; the session waits for the row
+        transaction.commit()
+    login.join(timeout=10)
+    (answer,) = answers
+    assert answer.status_code == 401
+    assert answer.get_json()["message"] == "Invalid credentials"

@@ -224,7 +224,11 @@ class Login(MethodView):
         if user.mfa_enabled:
             metrics().login("mfa_required")
             return mfa_challenge(session, user)
-        pair = token_issuer().log_in(session, user)
+        try:
+            pair = token_issuer().log_in(session, user)
+        except tokens.AccountGone:
+            metrics().login("wrong_credentials")
+            refuse(session, 401, "Invalid credentials")
         session.commit()
         metrics().login("ok")
         return pair, 200, NO_STORE
