@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 import jwt
+import pyotp
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -300,6 +301,80 @@ def test_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key
     for token in (old_token, admin["token"], new_token):
         assert story.auth("GET", f"{API_AUTH}/me", token=token).status == 200
         assert story.user("GET", f"{API_USERS}/me", token=token).status == 200
+
+
+def test_a_user_turns_on_totp_sees_their_sessions_and_ends_one_at_both_services(story, admin):
+    person = story.register("tess")
+    laptop = story.auth(
+        "POST",
+        f"{API_AUTH}/login",
+        json={"email": person["email"], "password": person["password"]},
+        headers={"User-Agent": "Laptop/1.0"},
+    ).json
+    story.secrets.update((laptop["access_token"], laptop["refresh_token"]))
+    enrolment = story.auth(
+        "POST", f"{API_AUTH}/mfa/totp", json={"password": person["password"]},
+        token=laptop["access_token"],
+    )  # fmt: skip
+    assert enrolment.status == 200
+    totp = pyotp.TOTP(enrolment.json["secret"])
+    story.secrets.add(enrolment.json["secret"])
+    confirmed = story.auth(
+        "POST", f"{API_AUTH}/mfa/totp/confirm", json={"code": totp.now()},
+        token=laptop["access_token"],
+    )  # fmt: skip
+    assert confirmed.status == 200
+    story.secrets.update(confirmed.json["recovery_codes"])
+
+    # A second device: the password alone is not enough any more.
+    first = story.auth(
+        "POST",
+        f"{API_AUTH}/login",
+        json={"email": person["email"], "password": person["password"]},
+        headers={"User-Agent": "Phone/2.0"},
+    )
+    assert first.status == 200 and first.json["mfa_required"] is True
+    story.secrets.add(first.json["mfa_token"])
+    phone = story.auth(
+        "POST",
+        f"{API_AUTH}/login/mfa",
+        json={"mfa_token": first.json["mfa_token"], "code": totp.at(time.time() + 30)},
+        headers={"User-Agent": "Phone/2.0"},
+    )
+    assert phone.status == 200, phone.json
+    phone = phone.json
+    story.secrets.update((phone["access_token"], phone["refresh_token"]))
+    amr = jwt.decode(phone["access_token"], options={"verify_signature": False})["amr"]
+    assert amr == ["pwd", "otp"]
+    assert story.user("GET", f"{API_USERS}/me", token=phone["access_token"]).status == 200
+
+    listed = story.auth("GET", f"{API_AUTH}/sessions", token=laptop["access_token"]).json
+    assert [(s["user_agent"], s["current"]) for s in listed] == [
+        ("Phone/2.0", False),
+        ("Laptop/1.0", True),
+    ]
+    assert all(s["ip"] == "127.0.0.1" for s in listed)
+    ended = story.auth(
+        "DELETE", f"{API_AUTH}/sessions/{listed[0]['id']}", token=laptop["access_token"]
+    )
+    assert ended.status == 204
+    assert story.auth("GET", f"{API_AUTH}/me", token=phone["access_token"]).status == 401
+    refused = poll(
+        lambda: story.user("GET", f"{API_USERS}/me", token=phone["access_token"]),
+        lambda a: a.status == 401,
+    )
+    assert refused.status == 401
+    assert story.user("GET", f"{API_USERS}/me", token=laptop["access_token"]).status == 200
+
+    events = story.auth("GET", f"{API_AUTH}/me/events", token=laptop["access_token"])
+    assert [e["type"] for e in events.json][:4] == [
+        "session_revoked", "login_succeeded", "mfa_enabled", "login_succeeded",
+    ]  # fmt: skip
+    seen_by_admin = story.auth(
+        "GET", f"{API_AUTH}/events?user_id={person['id']}&type=session_revoked",
+        token=admin["token"],
+    )  # fmt: skip
+    assert [e["session_id"] for e in seen_by_admin.json] == [listed[0]["id"]]
 
 
 def test_deleting_the_account_at_the_auth_service_removes_the_profile(story, admin):
