@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from auth_app.models import SecurityEvent
-from common.db import utcnow
+from common.db import delete_in_batches, utcnow
 
 
 class EventType(StrEnum):
@@ -141,30 +141,15 @@ def page(
 def purge(engine: Engine, before: datetime, batch_size: int = 1000) -> int:
     """Delete the events older than ``before``, ``batch_size`` at a time; how many went.
 
-    Each batch is its own transaction, deleting by primary key the oldest
-    rows found through the index on ``at``: a login inserting meanwhile waits
-    for no lock, and a purge of millions never holds one for long. Several
-    purges at once are safe (on PostgreSQL each skips the rows another holds).
+    Each batch is its own transaction, deleting by key the oldest rows found
+    through the index on ``at`` (:func:`common.db.delete_in_batches`): a login
+    inserting meanwhile waits for no lock, and a purge of millions never holds
+    one for long.
     """
-    removed = 0
-    postgres = engine.dialect.name == "postgresql"
-    while True:
-        with Session(engine) as session, session.begin():
-            oldest = (
-                select(SecurityEvent.id)
-                .where(SecurityEvent.at < before)
-                .order_by(SecurityEvent.at)
-                .limit(batch_size)
-            )
-            if postgres:
-                oldest = oldest.with_for_update(skip_locked=True)
-            ids = list(session.scalars(oldest))
-            if ids:
-                session.execute(
-                    delete(SecurityEvent)
-                    .where(SecurityEvent.id.in_(ids))
-                    .execution_options(synchronize_session=False)
-                )
-        removed += len(ids)
-        if len(ids) < batch_size:
-            return removed
+    return delete_in_batches(
+        engine,
+        SecurityEvent.id,
+        SecurityEvent.at < before,
+        order_by=SecurityEvent.at,
+        batch_size=batch_size,
+    )

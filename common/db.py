@@ -8,12 +8,13 @@ apps' per-request session is in :mod:`common.flask_db`.
 
 from __future__ import annotations
 
-import select
+import select as io_select
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event, text
+from sqlalchemy import DateTime, MetaData, Select, TypeDecorator, create_engine, event, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.exc import InvalidatePoolError
@@ -136,8 +137,8 @@ def _server_hung_up(dbapi_connection: Any) -> bool:
     """
     if dbapi_connection.closed:
         return True
-    poller = select.poll()
-    poller.register(dbapi_connection.fileno(), select.POLLIN)
+    poller = io_select.poll()
+    poller.register(dbapi_connection.fileno(), io_select.POLLIN)
     return bool(poller.poll(0))
 
 
@@ -196,3 +197,42 @@ def notify_at_commit(session: Session, channel: str) -> None:
     if channel not in notified[1]:
         session.connection().execute(text(f"NOTIFY {channel}"))
         notified[1].add(channel)
+
+
+def delete_in_batches(
+    engine: Engine,
+    key: Any,
+    *where: Any,
+    order_by: Any = None,
+    batch_size: int = 1000,
+    stop: Callable[[], bool] | None = None,
+) -> int:
+    """Delete the rows of ``key``'s table that match ``where``, ``batch_size`` at a time.
+
+    Each batch is its own short transaction: the keys of up to ``batch_size``
+    matching rows (``order_by``, oldest first, when given), then one ``DELETE``
+    by key. Writers of the table never wait long for a purge, however large.
+    On PostgreSQL the batch is taken ``FOR UPDATE SKIP LOCKED``, so several
+    purges at once share the rows instead of queueing on them. Stops early when
+    ``stop()`` says so; returns how many rows went.
+    """
+    table = key.table
+    removed = 0
+    while stop is None or not stop():
+        query = select_keys(key, where, order_by, batch_size)
+        if engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        with engine.begin() as connection:
+            keys = list(connection.execute(query).scalars())
+            if keys:
+                connection.execute(table.delete().where(key.in_(keys)))
+        removed += len(keys)
+        if len(keys) < batch_size:
+            break
+    return removed
+
+
+def select_keys(key: Any, where: tuple[Any, ...], order_by: Any, limit: int) -> Select[Any]:
+    """``SELECT key FROM its table WHERE ... ORDER BY ... LIMIT``: a batch to delete."""
+    query = select(key).where(*where).limit(limit)
+    return query.order_by(order_by) if order_by is not None else query

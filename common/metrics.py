@@ -259,6 +259,28 @@ def mailer_metrics() -> MailerMetrics:
     )
 
 
+@dataclass(frozen=True)
+class JanitorMetrics:
+    """The janitor: rows it removed per table, its runs, and when one last succeeded."""
+
+    deleted: Counter
+    runs: Counter
+    last_success: Gauge
+
+
+@_once
+def janitor_metrics() -> JanitorMetrics:
+    """The janitor's families."""
+    return JanitorMetrics(
+        Counter("janitor_rows_deleted", "Rows the janitor removed, by table", ["table"]),
+        Counter("janitor_runs", "Janitor runs, by outcome (ok or failed)", ["outcome"]),
+        Gauge(
+            "janitor_last_success_timestamp_seconds",
+            "When a janitor run last finished without an error (epoch seconds)",
+        ),
+    )
+
+
 OUTBOX_PENDING = "outbox_pending_rows"
 OUTBOX_OLDEST_AGE = "outbox_oldest_pending_age_seconds"
 

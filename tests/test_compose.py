@@ -31,9 +31,10 @@ WEB_APPS = {"auth": 5001, "user": 5002}
 RELAYS = ("auth_relay", "user_relay")
 WORKERS = ("auth_worker", "user_worker")
 MAILER = "mailer"
+JANITORS = ("auth_janitor", "user_janitor")
 ONE_SHOT = ("migrate", "keys")
-AUTH_SIDE = ("auth", "auth_relay", "auth_worker", MAILER)
-USER_SIDE = ("user", "user_relay", "user_worker")
+AUTH_SIDE = ("auth", "auth_relay", "auth_worker", MAILER, "auth_janitor")
+USER_SIDE = ("user", "user_relay", "user_worker", "user_janitor")
 AUTH_STATE = ("auth-db", "redis")
 USER_STATE = ("user-db",)
 BACKING = ("auth-db", "user-db", "redis", "rabbitmq")
@@ -376,7 +377,7 @@ def test_logs_are_json_in_the_base_file_and_text_under_the_override(base, merged
 
 def test_every_process_of_the_project_is_built_from_the_one_dockerfile(base):
     services = app_services(base)
-    assert set(services) == {*WEB_APPS, *RELAYS, *WORKERS, MAILER, *ONE_SHOT}
+    assert set(services) == {*WEB_APPS, *RELAYS, *WORKERS, MAILER, *JANITORS, *ONE_SHOT}
     builds = {json.dumps(s["build"], sort_keys=True) for s in services.values()}
     assert len(builds) == 1
     assert {s["image"] for s in services.values()} == {"authsvc:latest"}

@@ -75,18 +75,20 @@ LAGGING = {
 METRICS_PORT = 9100
 # The one writable place in a pod: an emptyDir, not a path these tests write to.
 POD_TMP = "/tmp"  # noqa: S108
-AUTH_SIDE = ("auth", "auth_relay", "auth_worker", "mailer")
+AUTH_SIDE = ("auth", "auth_relay", "auth_worker", "mailer", "auth_janitor")
 # The processes that load the auth service's settings, and so check the pepper
 # (the mailer reads only the database URL and SMTP_URL, and gets no pepper).
-PEPPER_CHECKERS = ("auth", "auth_relay", "auth_worker")
-USER_SIDE = ("user", "user_relay", "user_worker")
+PEPPER_CHECKERS = ("auth", "auth_relay", "auth_worker", "auth_janitor")
+USER_SIDE = ("user", "user_relay", "user_worker", "user_janitor")
+# One replica each, on a schedule: nothing to scale on.
+JANITORS = ("auth_janitor", "user_janitor")
 
 # Who reaches which of the things outside (the overlay's Externals object
 # names where each is). The compose networks, narrowed to what each process
 # uses: the auth relay and the mailer have no Redis URL, the web apps no broker.
 REACHES = {
-    "authDatabase": {"auth", "auth_relay", "auth_worker", "mailer", RELEASE},
-    "userDatabase": {"user", "user_relay", "user_worker", RELEASE},
+    "authDatabase": {"auth", "auth_relay", "auth_worker", "mailer", "auth_janitor", RELEASE},
+    "userDatabase": {"user", "user_relay", "user_worker", "user_janitor", RELEASE},
     "redis": {"auth", "auth_worker"},
     "rabbitmq": {"auth_relay", "auth_worker", "user_relay", "user_worker"},
     "smtp": {"mailer"},
@@ -571,12 +573,12 @@ def test_no_autoscaled_deployment_sets_its_own_replica_count(objects):
 
 
 def workers(objects: list[dict]) -> list[str]:
-    """Every process that is not a web app: relays, consumers, the mailer."""
+    """Every process that is not a web app: relays, consumers, the mailer, the janitors."""
     return sorted(p for p in pod_templates(objects) if p not in WEB_APPS and p != RELEASE)
 
 
 def test_every_worker_serves_metrics_and_is_probed_alive_there(objects):
-    assert set(workers(objects)) == {*CONSUMERS, *LAGGING}
+    assert set(workers(objects)) == {*CONSUMERS, *LAGGING, *JANITORS}
     for process in workers(objects):
         main = container(deployment_of(objects, process)["spec"]["template"])
         assert literal_env(main)["METRICS_PORT"] == str(METRICS_PORT), process

@@ -46,6 +46,8 @@ PROCESSES = (
     "auth_worker",
     "user_worker",
     "mailer",
+    "auth_janitor",
+    "user_janitor",
 )
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
