@@ -16,7 +16,6 @@ it polls every 50 ms, a cheap indexed query.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 from collections.abc import Callable
@@ -30,7 +29,6 @@ from sqlalchemy import select as sql_select
 from sqlalchemy.engine import Engine, Row
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import PoolProxiedConnection
 
 from auth_app.config import load_settings as load_auth_settings
 from auth_app.models import OutboxEvent as AuthOutbox
@@ -41,7 +39,6 @@ from common.outbox import OutboxModel, notify_channel
 from user_app.config import load_settings as load_user_settings
 from user_app.models import OutboxEvent as UserOutbox
 from workers.broker import (
-    CONNECTION_ERRORS,
     Stopper,
     broker_user,
     close_quietly,
@@ -49,6 +46,7 @@ from workers.broker import (
     declare_exchanges,
     run_forever,
 )
+from workers.listener import Listener
 from workers.publisher import ConfirmingPublisher, Message
 from workers.settings import BrokerSettings, start_worker
 
@@ -72,7 +70,7 @@ class Relay:
 
     def __post_init__(self) -> None:
         self.postgres = self.engine.dialect.name == "postgresql"
-        self._listener: PoolProxiedConnection | None = None
+        self.listener = Listener(self.engine, notify_channel(self.outbox_model.__tablename__))
         # RabbitMQ refuses a user_id other than the connection's own user:
         # consumers can trust it to name who published.
         self.sender = broker_user(self.settings)
@@ -147,44 +145,16 @@ class Relay:
             )
 
     # -- waiting -------------------------------------------------------------
-    def _listen(self) -> Any:
-        if not self.postgres:
-            return None
-        if self._listener is None:
-            raw = self.engine.raw_connection()
-            connection: Any = raw.driver_connection
-            connection.autocommit = True
-            with connection.cursor() as cursor:
-                cursor.execute(f"LISTEN {notify_channel(self.outbox_model.__tablename__)}")
-            self._listener = raw
-        return self._listener.driver_connection
-
-    def _drop_listener(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(Exception):  # it is being thrown away
-                self._listener.invalidate()
-            self._listener = None
-
     def wait_for_rows(self, publisher: ConfirmingPublisher) -> None:
         """Block until a new outbox row may exist, servicing the broker connection."""
-        try:
-            listener = self._listen()
-        except DB_ERRORS:
-            listener = None
-        if listener is None:
+        fd = self.listener.fileno()
+        if fd is None:
             publisher.wait([self.stopper.wake_fd], self.idle_poll)
             return
-        try:
-            listener.poll()
-            if not listener.notifies:
-                publisher.wait([listener.fileno(), self.stopper.wake_fd], self.listen_timeout)
-                listener.poll()
-            listener.notifies.clear()
-        except CONNECTION_ERRORS:
-            raise
-        except Exception as error:  # noqa: BLE001 - any listener failure: rebuild it later
-            log.warning("outbox listener lost (%s)", type(error).__name__)
-            self._drop_listener()
+        if self.listener.take():  # a commit notified while the last batch went out
+            return
+        publisher.wait([fd, self.stopper.wake_fd], self.listen_timeout)
+        self.listener.take()
 
     def _pause(self, publisher: ConfirmingPublisher, seconds: float) -> None:
         publisher.wait([self.stopper.wake_fd], seconds)
@@ -206,7 +176,7 @@ class Relay:
                     sent, held = self.publish_batch(publisher)
                 except DB_ERRORS as error:
                     log.warning("outbox database unavailable (%s); retrying", type(error).__name__)
-                    self._drop_listener()
+                    self.listener.drop()
                     self._pause(publisher, retry)
                     retry = min(10.0, retry * 2)
                     continue
@@ -227,7 +197,7 @@ class Relay:
         try:
             run_forever(self.name, self._serve_connection, self.stopper)
         finally:
-            self._drop_listener()
+            self.listener.drop()
         log.info("%s stopped", self.name)
         return 0
 
