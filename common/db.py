@@ -14,7 +14,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, Select, TypeDecorator, create_engine, event, select, text
+from sqlalchemy import (
+    DateTime,
+    MetaData,
+    Select,
+    TypeDecorator,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.exc import InvalidatePoolError
@@ -236,3 +246,21 @@ def select_keys(key: Any, where: tuple[Any, ...], order_by: Any, limit: int) -> 
     """``SELECT key FROM its table WHERE ... ORDER BY ... LIMIT``: a batch to delete."""
     query = select(key).where(*where).limit(limit)
     return query.order_by(order_by) if order_by is not None else query
+
+
+def backlog_reader(engine: Engine, created: Any, *pending: Any) -> Callable[[], tuple[int, float]]:
+    """What a queue table's metrics read: rows ``pending``, and the oldest's age in seconds.
+
+    One ``count`` and ``min(created)`` over the rows matching ``pending`` (an
+    index serves it), on ``engine``, which should be the metrics' own so a
+    scrape never waits for the worker's connections. The age is 0 when none is.
+    """
+    query = select(func.count(), func.min(created)).where(*pending)
+
+    def read() -> tuple[int, float]:
+        with engine.connect() as connection:
+            count, oldest = connection.execute(query).one()
+        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        return int(count), max(0.0, age)
+
+    return read

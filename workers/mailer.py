@@ -48,7 +48,7 @@ from auth_app.config import database_url_from_env
 from auth_app.mail import MAIL_CHANNEL
 from auth_app.models import Mail
 from common.config import ConfigError, Env, exit_on_config_error
-from common.db import make_engine, utcnow
+from common.db import backlog_reader, make_engine, utcnow
 from common.logging import configure_logging_from_env, log_context
 from common.metrics import mailer_metrics, start_metrics_server
 from workers.broker import Stopper
@@ -433,25 +433,6 @@ class Mailer:
         return 0
 
 
-def backlog(engine: Engine) -> Callable[[], tuple[int, float]]:
-    """Mails waiting to be sent, and the age in seconds of the oldest (0 if none).
-
-    One query over the partial index of pending mails; ``engine`` should be
-    the metrics' own, so a scrape never waits for the mailer's connection.
-    """
-    query = sql_select(func.count(), func.min(Mail.created_at)).where(
-        Mail.sent_at.is_(None), Mail.failed_at.is_(None)
-    )
-
-    def read() -> tuple[int, float]:
-        with engine.connect() as connection:
-            pending, oldest = connection.execute(query).one()
-        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
-        return int(pending), max(0.0, age)
-
-    return read
-
-
 def watch_backlog(read: Callable[[], tuple[int, float]]) -> None:
     """Make ``mail_pending`` and ``mail_oldest_pending_age_seconds`` read ``read`` when scraped.
 
@@ -499,7 +480,9 @@ def main() -> int:
     settings = MailerSettings.from_env(env)
     engine = make_engine(settings.database_url, pool_size=2, max_overflow=0)
     if start_metrics_server(env) is not None:
-        watch_backlog(backlog(make_engine(settings.database_url, pool_size=1, max_overflow=0)))
+        metrics_engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+        pending = (Mail.sent_at.is_(None), Mail.failed_at.is_(None))
+        watch_backlog(backlog_reader(metrics_engine, Mail.created_at, *pending))
     return Mailer(engine, settings).run()
 
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import pika
 from prometheus_client import REGISTRY
-from sqlalchemy import func, update
 from sqlalchemy import select as sql_select
+from sqlalchemy import update
 from sqlalchemy.engine import Engine, Row
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from auth_app.config import load_settings as load_auth_settings
 from auth_app.models import OutboxEvent as AuthOutbox
 from common.config import WebSettings, exit_on_config_error
-from common.db import make_engine, utcnow
+from common.db import backlog_reader, make_engine, utcnow
 from common.metrics import OutboxBacklog
 from common.outbox import OutboxModel, notify_channel
 from user_app.config import load_settings as load_user_settings
@@ -215,24 +215,6 @@ def _properties(row: Row, sender: str) -> pika.BasicProperties:
     )
 
 
-def backlog_reader(engine: Engine, outbox_model: OutboxModel) -> Callable[[], tuple[int, float]]:
-    """What the metrics read of an outbox: rows not published yet, and the oldest's age in s.
-
-    One query over the index on ``published_at``. ``engine`` should be the
-    metrics' own, so a scrape never waits for the relay's connections.
-    """
-    model = outbox_model
-    query = sql_select(func.count(), func.min(model.created_at)).where(model.published_at.is_(None))
-
-    def read() -> tuple[int, float]:
-        with engine.connect() as connection:
-            pending, oldest = connection.execute(query).one()
-        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
-        return int(pending), max(0.0, age)
-
-    return read
-
-
 #: Each service's outbox and settings, by the name ``python -m workers.relay`` takes.
 OUTBOXES: dict[str, tuple[OutboxModel, Callable[..., WebSettings]]] = {
     "auth": (AuthOutbox, load_auth_settings),
@@ -251,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     outbox, load_settings = OUTBOXES[app]
     broker, settings, engine = start_worker(load_settings, max_overflow=0)
     metrics_engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
-    REGISTRY.register(OutboxBacklog(app, backlog_reader(metrics_engine, outbox)))
+    read = backlog_reader(metrics_engine, outbox.created_at, outbox.published_at.is_(None))
+    REGISTRY.register(OutboxBacklog(app, read))
     return Relay(f"{app}_relay", outbox, engine, broker).run()
 
 

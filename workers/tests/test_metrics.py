@@ -12,12 +12,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from common.db import make_engine, utcnow
+from common.db import backlog_reader, make_engine, utcnow
 from common.events import USER_QUEUE
 from common.outbox import emit
 from tests.support.broker import Running
 from tests.support.events import NUMBERED
-from workers.relay import backlog_reader
 from workers.tests.test_mechanics import (
     Base,
     Outbox,
@@ -129,7 +128,7 @@ def test_the_outbox_backlog_is_the_rows_pending_and_the_age_of_the_oldest(
         Base.metadata.create_all(engine)
         with Session(engine) as session, session.begin():
             session.query(Outbox).delete()
-    read = backlog_reader(engine, Outbox)
+    read = backlog_reader(engine, Outbox.created_at, Outbox.published_at.is_(None))
     assert read() == (0, 0.0)
     with Session(engine) as session, session.begin():
         for n in range(3):

@@ -30,8 +30,8 @@ from auth_app.resources.auth.routes import (
     POLICY_REFUSED,
     REFRESH_TOKEN_EXAMPLE,
     THROTTLED,
+    password_checked,
     policy_error,
-    throttled,
 )
 from auth_app.resources.auth.schemas import TokenPairSchema, UserSchema
 from auth_app.security_events import EventType, record
@@ -63,7 +63,7 @@ class Me(MethodView):
         Wrong passwords count as failed logins of the account from this address.
         """
         session = get_session()
-        try:
+        with password_checked():
             accounts.delete_account(
                 session,
                 password_hasher(),
@@ -72,12 +72,6 @@ class Me(MethodView):
                 data["password"],
                 client_address(),
             )
-        except accounts.InvalidCredentials:
-            abort(401, message="Wrong password")
-        except accounts.AccountGone:
-            abort(401, message="Account deleted")
-        except accounts.LoginThrottled as error:
-            throttled(error, "Too many wrong passwords for this account; try again later")
         session.commit()
 
 
@@ -136,23 +130,18 @@ class Password(MethodView):
         session = get_session()
         user = current_user()
         try:
-            accounts.change_password(
-                session,
-                password_hasher(),
-                revocation(),
-                login_throttle(),
-                user,
-                current_password=data["current_password"],
-                new_password=data["new_password"],
-                min_length=settings().password_min_length,
-                address=client_address(),
-            )
-        except accounts.InvalidCredentials:
-            abort(401, message="Wrong current password")
-        except accounts.AccountGone:
-            abort(401, message="Account deleted")
-        except accounts.LoginThrottled as error:
-            throttled(error, "Too many wrong passwords for this account; try again later")
+            with password_checked("Wrong current password"):
+                accounts.change_password(
+                    session,
+                    password_hasher(),
+                    revocation(),
+                    login_throttle(),
+                    user,
+                    current_password=data["current_password"],
+                    new_password=data["new_password"],
+                    min_length=settings().password_min_length,
+                    address=client_address(),
+                )
         except PasswordPolicyError as error:
             policy_error(error, "new_password")
         pair = token_issuer().pair(session, user)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from flask import request
@@ -101,6 +102,23 @@ def policy_error(error: PasswordPolicyError, field: str = "password") -> NoRetur
 def throttled(error: accounts.LoginThrottled, message: str) -> NoReturn:
     """Abort with 429 and ``Retry-After``: too many wrong passwords from this address."""
     abort(429, message=message, headers={"Retry-After": str(error.retry_after)})
+
+
+@contextmanager
+def password_checked(wrong: str = "Wrong password") -> Iterator[None]:
+    """Answer what re-checking the signed-in user's password refuses, in the block.
+
+    A wrong password is 401 ``wrong``, an account deleted meanwhile 401, and
+    too many wrong passwords from this address 429 with ``Retry-After``.
+    """
+    try:
+        yield
+    except accounts.InvalidCredentials:
+        abort(401, message=wrong)
+    except accounts.AccountGone:
+        abort(401, message="Account deleted")
+    except accounts.LoginThrottled as error:
+        throttled(error, "Too many wrong passwords for this account; try again later")
 
 
 @blp.route("/register")

@@ -9,10 +9,16 @@ from flask.views import MethodView
 from flask_smorest import abort
 from flask_smorest.error_handler import ErrorSchema
 
-from auth_app import accounts, mfa, tokens
+from auth_app import mfa, tokens
 from auth_app.access import current_user
 from auth_app.extensions import login_throttle, mfa_keys, password_hasher, settings, token_issuer
-from auth_app.resources.auth.routes import EXAMPLE_PASSWORD, NO_STORE, THROTTLED, refuse, throttled
+from auth_app.resources.auth.routes import (
+    EXAMPLE_PASSWORD,
+    NO_STORE,
+    THROTTLED,
+    password_checked,
+    refuse,
+)
 from auth_app.resources.mfa.schemas import (
     ConfirmSchema,
     DisableSchema,
@@ -27,7 +33,6 @@ from common.web import ServiceBlueprint, client_address
 blp = ServiceBlueprint(
     "mfa", __name__, url_prefix="/api/v1/auth/mfa", description="A second factor (TOTP)"
 )
-WRONG_PASSWORD = "Too many wrong passwords for this account; try again later"
 
 
 @blp.route("/totp")
@@ -47,22 +52,17 @@ class Totp(MethodView):
         """
         session = get_session()
         try:
-            enrolment = mfa.begin_enrolment(
-                session,
-                password_hasher(),
-                login_throttle(),
-                mfa_keys(),
-                current_user(),
-                password=data["password"],
-                address=client_address(),
-                issuer=settings().totp_issuer,
-            )
-        except accounts.InvalidCredentials:
-            abort(401, message="Wrong password")
-        except accounts.AccountGone:
-            abort(401, message="Account deleted")
-        except accounts.LoginThrottled as error:
-            throttled(error, WRONG_PASSWORD)
+            with password_checked():
+                enrolment = mfa.begin_enrolment(
+                    session,
+                    password_hasher(),
+                    login_throttle(),
+                    mfa_keys(),
+                    current_user(),
+                    password=data["password"],
+                    address=client_address(),
+                    issuer=settings().totp_issuer,
+                )
         except mfa.MfaAlreadyOn:
             abort(409, message="MFA is on already")
         session.commit()
@@ -85,22 +85,17 @@ class Totp(MethodView):
         session = get_session()
         user = current_user()
         try:
-            mfa.disable(
-                session,
-                password_hasher(),
-                login_throttle(),
-                mfa_keys(),
-                user,
-                password=data["password"],
-                code=data["code"],
-                address=client_address(),
-            )
-        except accounts.InvalidCredentials:
-            abort(401, message="Wrong password")
-        except accounts.AccountGone:
-            abort(401, message="Account deleted")
-        except accounts.LoginThrottled as error:
-            throttled(error, WRONG_PASSWORD)
+            with password_checked():
+                mfa.disable(
+                    session,
+                    password_hasher(),
+                    login_throttle(),
+                    mfa_keys(),
+                    user,
+                    password=data["password"],
+                    code=data["code"],
+                    address=client_address(),
+                )
         except mfa.MfaNotOn:
             abort(409, message="MFA is not on")
         except mfa.WrongCode:

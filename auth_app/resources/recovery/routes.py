@@ -38,9 +38,9 @@ from auth_app.resources.auth.routes import (
     RATE_LIMITED,
     THROTTLED,
     mfa_challenge,
+    password_checked,
     policy_error,
     rate_limited,
-    throttled,
 )
 from auth_app.resources.auth.schemas import UserSchema
 from auth_app.resources.recovery.schemas import (
@@ -248,22 +248,17 @@ class ChangeEmail(MethodView):
         """
         session = get_session()
         try:
-            email_address.request_email_change(
-                session,
-                password_hasher(),
-                login_throttle(),
-                settings(),
-                current_user(),
-                new_email=data["new_email"],
-                password=data["password"],
-                address=client_address(),
-            )
-        except accounts.InvalidCredentials:
-            abort(401, message="Wrong password")
-        except accounts.AccountGone:
-            abort(401, message="Account deleted")
-        except accounts.LoginThrottled as error:
-            throttled(error, "Too many wrong passwords for this account; try again later")
+            with password_checked():
+                email_address.request_email_change(
+                    session,
+                    password_hasher(),
+                    login_throttle(),
+                    settings(),
+                    current_user(),
+                    new_email=data["new_email"],
+                    password=data["password"],
+                    address=client_address(),
+                )
         except accounts.AccountExists:
             session.rollback()
             abort(409, message="That email is already registered")
