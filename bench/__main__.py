@@ -210,12 +210,14 @@ def measure_login(plan, system, auth, account, concurrency, rows, raw) -> None:
     )
 
 
-def measure_reads(plan, user, bare, token, rows, raw) -> None:
-    """GET /users/me against the bare view, runs interleaved so drift hits both alike."""
-    say("authenticated reads: bare view and user service, interleaved")
-    bare_runs, ours_runs = [], []
+def interleaved_reads(plan, token, first: str, second: str):
+    """``plan.runs`` runs of GET /users/me at each base URL, alternating: (first's, second's).
+
+    Alternating the two spreads whatever else the machine does over both alike.
+    """
+    first_runs, second_runs = [], []
     for _ in range(plan.runs):
-        for target, runs in ((bare, bare_runs), (user, ours_runs)):
+        for target, runs in ((first, first_runs), (second, second_runs)):
             runs.append(
                 run_wrk(
                     target + "/api/v1/users/me",
@@ -225,6 +227,13 @@ def measure_reads(plan, user, bare, token, rows, raw) -> None:
                     connections=READ_CONNECTIONS,
                 )
             )
+    return first_runs, second_runs
+
+
+def measure_reads(plan, user, bare, token, rows, raw) -> None:
+    """GET /users/me against the bare view, runs interleaved so drift hits both alike."""
+    say("authenticated reads: bare view and user service, interleaved")
+    bare_runs, ours_runs = interleaved_reads(plan, token, bare, user)
     check_errors("bare view", bare_runs)
     check_errors("GET /users/me", ours_runs)
     raw["read"] = {
@@ -253,18 +262,7 @@ def measure_reads(plan, user, bare, token, rows, raw) -> None:
 def measure_metrics_cost(plan, on, off, token, rows, raw) -> None:
     """GET /users/me with METRICS_ENABLED true and false, runs interleaved: req/s and p99."""
     say("metrics cost: GET /users/me with metrics off and on, interleaved")
-    on_runs, off_runs = [], []
-    for _ in range(plan.runs):
-        for target, runs in ((off, off_runs), (on, on_runs)):
-            runs.append(
-                run_wrk(
-                    target + "/api/v1/users/me",
-                    "bearer.lua",
-                    token,
-                    seconds=plan.seconds,
-                    connections=READ_CONNECTIONS,
-                )
-            )
+    off_runs, on_runs = interleaved_reads(plan, token, off, on)
     check_errors("GET /users/me, metrics off", off_runs)
     check_errors("GET /users/me, metrics on", on_runs)
     raw["metrics_cost"] = {
