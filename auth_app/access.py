@@ -14,6 +14,7 @@ from flask import g
 
 from auth_app.models import User
 from auth_app.revocation import RevocationStore, issued_before_cutoff
+from auth_app.security_events import bind_session
 from common.auth import AccountDisabled, DependencyUnavailable
 from common.flask_db import get_session
 from common.tokens import InvalidToken
@@ -45,6 +46,7 @@ class AccessCheck:
         if not user.is_active:
             raise AccountDisabled("Account disabled")
         g.current_user = user
+        bind_session(claims.get("sid"))
         return {**claims, "roles": list(user.roles)}
 
 

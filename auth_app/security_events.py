@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -62,6 +62,8 @@ class Client:
 
     ip: str | None = None
     user_agent: str | None = None
+    #: The login session of the request's access token, once it has been checked.
+    session_id: str | None = None
 
 
 NOBODY = Client()
@@ -78,6 +80,11 @@ def clean_user_agent(value: str | None) -> str | None:
 def bind_client(ip: str | None, user_agent: str | None) -> contextvars.Token[Client | None]:
     """Make ``ip`` and ``user_agent`` the current client (until :func:`unbind_client`)."""
     return _client.set(Client(ip if ip and ip != "-" else None, clean_user_agent(user_agent)))
+
+
+def bind_session(session_id: str | None) -> None:
+    """The current request acts in login session ``session_id`` (its token's ``sid``)."""
+    _client.set(replace(current_client(), session_id=session_id))
 
 
 def unbind_client(token: contextvars.Token[Client | None]) -> None:
@@ -97,7 +104,10 @@ def record(
     session_id: str | None = None,
     at: datetime | None = None,
 ) -> None:
-    """Write an event in the caller's transaction, with the current client."""
+    """Write an event in the caller's transaction, with the current client.
+
+    ``session_id`` defaults to the session of the request's access token, if any.
+    """
     client = current_client()
     session.add(
         SecurityEvent(
@@ -106,7 +116,7 @@ def record(
             user_id=user_id,
             ip=client.ip,
             user_agent=client.user_agent,
-            session_id=session_id,
+            session_id=session_id or client.session_id,
         )
     )
 

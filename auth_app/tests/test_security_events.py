@@ -240,3 +240,17 @@ def test_a_failed_login_records_its_event_though_nothing_else_commits(app, clien
     )
     session.close()
     assert count == 1
+
+
+def test_an_event_of_a_signed_in_request_carries_its_session(client, accounts):
+    _, tokens = accounts.register_and_login("ada")
+    headers = bearer(tokens["access_token"])
+    sid = client.get("/api/v1/auth/sessions", headers=headers).json[0]["id"]
+    client.post("/api/v1/auth/mfa/totp", json={"password": PASSWORD}, headers=headers)
+    secret = client.post("/api/v1/auth/mfa/totp", json={"password": PASSWORD}, headers=headers)
+    code = pyotp.TOTP(secret.json["secret"]).now()
+    client.post("/api/v1/auth/mfa/totp/confirm", json={"code": code}, headers=headers)
+    (enabled,) = [
+        e for e in client.get(MY_EVENTS, headers=headers).json if e["type"] == "mfa_enabled"
+    ]
+    assert enabled["session_id"] == sid
