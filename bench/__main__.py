@@ -89,6 +89,7 @@ def say(message: str) -> None:
 
 
 SECTIONS = (
+    "sizing",
     "login",
     "timing",
     "reads",
@@ -137,6 +138,8 @@ def run(plan: Plan, only: frozenset[str] = frozenset(SECTIONS)) -> dict:
             # holds rows back. The first profile arriving means the loop is up.
             pipeline.wait_for_profile(user_engine, account["id"], timeout=60)
             token = pipeline.login(auth, account["email"])["access_token"]
+            if "sizing" in only:
+                measure_bcrypt_costs(plan, rows, raw)
             if "login" in only:
                 measure_login(plan, system, auth, account, concurrency, rows, raw)
             if "timing" in only:
@@ -344,6 +347,34 @@ def pem_parses(system: System, token: str, requests: int) -> tuple[int, int]:
         in_requests = counter["calls"] - at_start
     app.extensions["database"].engine.dispose()
     return at_start, in_requests
+
+
+#: The costs the sizing guide covers (the default is 12).
+BCRYPT_COSTS = (10, 11, 12, 13)
+
+
+def measure_bcrypt_costs(plan, rows, raw) -> None:
+    """Logins per second one core can check at each bcrypt cost: one verification each.
+
+    A login is one bcrypt verification plus milliseconds of the rest; on a
+    core, verifications are what bounds it (bcrypt releases the GIL, so
+    gunicorn's threads use every core). Measured in this process, one thread.
+    """
+    from auth_app.passwords import PasswordHasher
+
+    costs = BCRYPT_COSTS if plan.name == "full" else (4, 5)
+    raw["bcrypt_verifications_per_second_per_core"] = {}
+    say(f"bcrypt: verifications per second on one core at costs {', '.join(map(str, costs))}")
+    for cost in costs:
+        hasher = PasswordHasher(cost, "bench-pepper")
+        hashed = hasher.hash("correct-Horse-battery-9")
+        samples = max(3, int(4 * 2 ** (12 - cost)))  # about a second each
+        started = time.perf_counter()
+        for _ in range(samples):
+            hasher.verify("correct-Horse-battery-9", hashed)
+        per_second = samples / (time.perf_counter() - started)
+        raw["bcrypt_verifications_per_second_per_core"][cost] = round(per_second, 2)
+        rows.append(Row(f"bcrypt cost {cost}: logins/s per core", per_second))
 
 
 def measure_timing(plan, auth, rows, raw) -> None:
