@@ -247,6 +247,25 @@ def test_the_user_janitor_forgets_long_expired_revoked_sessions_and_old_ids(syst
     assert count(system.user_engine, users.ProcessedMessage) == 1
 
 
+def test_two_janitors_at_once_share_the_rows_and_remove_each_once(system):
+    bulk_old_rows(system, 5_000)
+    settings = system.auth_app.extensions["settings"]
+    results: list[dict[str, int]] = []
+
+    def sweep() -> None:
+        janitor = Janitor("j", system.auth_engine, auth_sweeps(settings, WEEK), batch_size=100)
+        results.append(janitor.run_once())
+
+    threads = [threading.Thread(target=sweep) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sum(r["security_events"] for r in results) == 5_000
+    assert sum(r["processed_messages"] for r in results) == 5_000
+    assert count(system.auth_engine, auth.SecurityEvent) == 0
+
+
 def bulk_old_rows(system: System, rows: int) -> None:
     """``rows`` old security events and ``rows`` old processed ids, with multi-row inserts."""
     old = utcnow() - timedelta(days=400)
