@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import sys
 import threading
@@ -99,6 +100,7 @@ SECTIONS = (
     "revocation",
     "pipeline",
     "memory",
+    "recycling",
 )
 #: What recording requests and serving /metrics may cost GET /users/me: 5 % of its rate.
 METRICS_COST_TARGET = 0.95
@@ -165,6 +167,8 @@ def run(plan: Plan, only: frozenset[str] = frozenset(SECTIONS)) -> dict:
             if "memory" in only:
                 measure_memory(plan, system, auth, token, rows, raw)
             system.check_alive()
+            if "recycling" in only:
+                measure_recycling(plan, system, token, rows, raw)
         finally:
             auth_engine.dispose()
             user_engine.dispose()
@@ -558,6 +562,49 @@ def measure_memory(plan, system, auth, token, rows, raw) -> None:
     if grown:
         name, most = max(grown.items(), key=lambda item: item[1])
         rows.append(Row(f"most RSS growth (MB, {name})", most, target=2, lower_is_better=True))
+
+
+def measure_recycling(plan, system, token, rows, raw) -> None:
+    """GET /users/me while every worker is recycled several times and the master reloads.
+
+    A user service that recycles a worker every ~300 requests (max_requests),
+    and gets ``kill -HUP`` (a reload: new workers, old ones stopped) twice:
+    a worker that goes must finish its requests and close its kept-alive
+    connections cleanly. Socket errors and non-2xx answers: target 0.
+    """
+    say("recycling: GET /users/me while workers recycle every ~300 requests, HUP twice")
+    base = system.start_web(
+        "user_recycling",
+        "user_app:create_app()",
+        "--max-requests",
+        "300",
+        "--max-requests-jitter",
+        "50",
+        env={"LOG_LEVEL": "info"},
+    )
+    master = system.processes["user_recycling"]
+    seconds = plan.seconds * 3
+
+    def reload_twice() -> None:
+        for _ in range(2):
+            time.sleep(seconds / 3)
+            master.send_signal(signal.SIGHUP)
+
+    reloads = threading.Thread(target=reload_twice)
+    reloads.start()
+    result = run_wrk(
+        base + "/api/v1/users/me",
+        "bearer.lua",
+        token,
+        seconds=seconds,
+        connections=READ_CONNECTIONS,
+    )
+    reloads.join()
+    boots = (system.tmp / "user_recycling.log").read_text().count("Booting worker")
+    system.stop("user_recycling")
+    raw["recycling"] = {**result.to_dict(), "worker_boots": boots}
+    rows.append(Row(f"recycling: workers started (2 HUPs, {seconds:.0f}s)", boots))
+    rows.append(Row("  socket errors and non-2xx", result.errors, target=0, lower_is_better=True))
 
 
 def check_errors(what: str, runs) -> None:
