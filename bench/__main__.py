@@ -610,9 +610,9 @@ def measure_recycling(plan, system, token, rows, raw) -> None:
 def check_errors(what: str, runs) -> None:
     """A run answered with errors measured the wrong thing: stop with a clear message.
 
-    Any non-2xx answer is. Socket errors are not, up to 1 in 100: gunicorn
-    recycles each worker every ~10,000 requests (max_requests, as the Procfile
-    runs it), closing its kept-alive connections, 1-2 times in a run.
+    Any non-2xx answer is. Socket errors are not, up to 1 in 100: on this
+    shared machine a load generator's read can time out. (A worker's recycling
+    costs none: the recycling section holds that to 0.)
     """
     bad = [r for r in runs if r.non_2xx or r.errors * 100 > r.requests or not r.requests]
     if bad:
