@@ -16,10 +16,55 @@ from sqlalchemy import Column, MetaData, String, text
 from common.config import stop_on_config_error
 from common.db import make_engine
 
+#: Indexes named so exist on PostgreSQL alone, and in the migrations alone:
+#: trigram (pg_trgm GIN) indexes, which SQLite and the models cannot state.
+POSTGRESQL_ONLY_SUFFIX = "_trgm"
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Alembic's filter: the models' comparison leaves PostgreSQL-only indexes alone."""
+    postgresql_only = type_ == "index" and (name or "").endswith(POSTGRESQL_ONLY_SUFFIX)
+    return not (postgresql_only and reflected and compare_to is None)
+
+
+def create_trigram_index(name: str, table: str, expression: str) -> None:
+    """On PostgreSQL, a pg_trgm GIN index on ``expression`` (``lower(email)``), built
+    ``CONCURRENTLY`` so a live table stays writable meanwhile; nothing elsewhere.
+
+    It serves ``expression LIKE '%part%'`` for parts of 3 characters or more.
+    ``name`` must end in :data:`POSTGRESQL_ONLY_SUFFIX`.
+    """
+    if not name.endswith(POSTGRESQL_ONLY_SUFFIX) or op.get_context().dialect.name != "postgresql":
+        return
+    with op.get_context().autocommit_block():
+        op.execute(text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
+        op.execute(
+            text(
+                f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} "
+                f"USING gin ({expression} gin_trgm_ops)"
+            )
+        )
+
+
+def drop_postgresql_only_index(name: str) -> None:
+    """Undo :func:`create_trigram_index` (``CONCURRENTLY`` too)."""
+    if op.get_context().dialect.name != "postgresql":
+        return
+    with op.get_context().autocommit_block():
+        op.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+
 
 def _run(metadata: MetaData, **target: Any) -> None:
     # Batch mode lets SQLite ALTER tables; it is harmless on PostgreSQL.
-    context.configure(target_metadata=metadata, render_as_batch=True, compare_type=True, **target)
+    context.configure(
+        target_metadata=metadata,
+        render_as_batch=True,
+        compare_type=True,
+        include_object=include_object,
+        **target,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
