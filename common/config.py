@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, ParamSpec, TypeVar, overload
-from urllib.parse import parse_qsl, quote, unquote, urlencode
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from common.fields import ROLE_NAME, ROLE_NAME_ERROR
 
@@ -290,14 +290,58 @@ def database_url(env: Env, prefix: str, service: str) -> str:
     return f"sqlite:///{var / f'{service}.db'}"
 
 
+def split_broker_urls(value: str) -> list[str]:
+    """The URLs of a broker setting: one, or several comma-separated (the nodes of a cluster).
+
+    A comma in a password must be written ``%2C``, as any reserved character.
+    """
+    return [url.strip() for url in value.split(",") if url.strip()]
+
+
+def check_broker_urls(value: str, variable: str) -> str:
+    """``value`` with each of its URLs checked: amqp(s)://, a host, a port, one user and vhost.
+
+    Several URLs are the nodes of one cluster, so they must name the same user
+    (RabbitMQ checks a message's ``user_id`` against the connection's user) and
+    the same virtual host. Returns the URLs joined by commas without blanks.
+    Errors name the variable and the URL's position, never its password.
+    """
+    urls = split_broker_urls(value)
+    if not urls:
+        raise ConfigError(f"{variable} must be an amqp:// or amqps:// URL")
+    several = len(urls) > 1
+    identities: set[tuple[str | None, str]] = set()
+    for position, url in enumerate(urls, 1):
+        which = f"{variable} (URL {position} of {len(urls)})" if several else variable
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps"):
+            raise ConfigError(f"{which} must be an amqp:// or amqps:// URL")
+        try:
+            parts.port  # noqa: B018 - parsing it is the check
+        except ValueError:
+            raise ConfigError(f"{which} has a bad port") from None
+        if not parts.hostname:
+            raise ConfigError(f"{which} has no host")
+        identities.add((parts.username, parts.path))
+    if len(identities) > 1:
+        raise ConfigError(
+            f"{variable}: every URL must name the same user and virtual host "
+            "(the nodes of one cluster)"
+        )
+    return ",".join(urls)
+
+
 def rabbitmq_url(env: Env) -> str:
-    """The broker URL: ``RABBITMQ_URL`` or ``CLOUDAMQP_URL``, else ``RABBITMQ_*`` parts."""
+    """The broker URL: ``RABBITMQ_URL`` or ``CLOUDAMQP_URL``, else ``RABBITMQ_*`` parts.
+
+    The variables may list the nodes of a cluster, comma-separated; each is
+    checked (:func:`check_broker_urls`) and the workers connect to the first
+    that answers (:func:`split_broker_urls` splits them again).
+    """
     for name in ("RABBITMQ_URL", "CLOUDAMQP_URL"):
         url = env.str(name)
         if url:
-            if not url.startswith(("amqp://", "amqps://")):
-                raise ConfigError(f"{name} must be an amqp:// or amqps:// URL")
-            return url
+            return check_broker_urls(url, name)
     host = env.str("RABBITMQ_HOST", "localhost")
     port = env.int("RABBITMQ_PORT", 5672, minimum=1, maximum=65535)
     user = quote(env.str("RABBITMQ_USER", "guest"), safe="")

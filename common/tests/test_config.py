@@ -11,6 +11,7 @@ from common.config import (
     database_url,
     rabbitmq_url,
     redis_url,
+    split_broker_urls,
 )
 
 
@@ -76,6 +77,50 @@ def test_getters_read_values_and_defaults():
     assert env.str("S") == "x"
     assert env.str("E", "default") == "default"
     assert env.list("MISSING") == []
+
+
+# -- several broker nodes ------------------------------------------------------
+
+
+def test_a_broker_url_may_list_the_nodes_of_a_cluster():
+    env = Env({"RABBITMQ_URL": " amqp://u:p@mq1:5672/%2F , amqp://u:p@mq2/%2F,amqps://u:q@mq3/%2F"})
+    assert rabbitmq_url(env) == "amqp://u:p@mq1:5672/%2F,amqp://u:p@mq2/%2F,amqps://u:q@mq3/%2F"
+    assert split_broker_urls(rabbitmq_url(env)) == [
+        "amqp://u:p@mq1:5672/%2F",
+        "amqp://u:p@mq2/%2F",
+        "amqps://u:q@mq3/%2F",
+    ]
+    cloud = Env({"CLOUDAMQP_URL": "amqps://u:p@a/v,amqps://u:p@b/v"})
+    assert split_broker_urls(rabbitmq_url(cloud)) == ["amqps://u:p@a/v", "amqps://u:p@b/v"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("amqp://u:p@mq1/%2F,http://mq2", r"RABBITMQ_URL \(URL 2 of 2\) must be an amqp://"),
+        (
+            "amqp://u:p@mq1:many/%2F,amqp://u:p@mq2/%2F",
+            r"RABBITMQ_URL \(URL 1 of 2\) has a bad port",
+        ),
+        ("amqp://u:p@mq1:99999/%2F", "RABBITMQ_URL has a bad port"),
+        ("amqp://u:p@mq1/%2F,amqp://u:p@:5672/%2F", r"RABBITMQ_URL \(URL 2 of 2\) has no host"),
+        (" , ", "RABBITMQ_URL must be an amqp:// or amqps:// URL"),
+    ],
+)
+def test_each_broker_url_is_checked_and_named_by_its_place_in_the_list(value, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        rabbitmq_url(Env({"RABBITMQ_URL": value}))
+    assert ":p@" not in str(raised.value)  # never the password
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["amqp://a:p@mq1/%2F,amqp://b:p@mq2/%2F", "amqp://a:p@mq1/%2F,amqp://a:p@mq2/other"],
+    ids=["users", "vhosts"],
+)
+def test_the_nodes_of_a_broker_url_share_one_user_and_vhost(value):
+    with pytest.raises(ConfigError, match="CLOUDAMQP_URL: every URL must name the same user"):
+        rabbitmq_url(Env({"CLOUDAMQP_URL": value}))
 
 
 # -- several database hosts ----------------------------------------------------
