@@ -7,17 +7,24 @@ load is ``tests/integration/test_broker_cluster.py``.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pika
 import pytest
 
+from common.config import EXIT_CONFIG_ERROR
 from common.events import USER_QUEUE
 from tests.support.broker import broker_settings, drain
 from tests.support.servers import free_port
 from workers.broker import broker_user, connect, declare_queue
 from workers.publisher import ConfirmingPublisher, Message
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def down_node(url: str) -> str:
@@ -66,3 +73,33 @@ def test_with_every_node_down_both_raise_a_connection_error_for_the_retry_loop(v
 
 def test_the_sender_is_the_user_every_node_is_reached_as(vhost_url):
     assert broker_user(broker_settings(f"{down_node(vhost_url)},{vhost_url}")) == "guest"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        (
+            "RABBITMQ_URL",
+            "amqp://u:secret@mq1/%2F,http://mq2",
+            "RABBITMQ_URL (URL 2 of 2) must be an amqp:// or amqps:// URL",
+        ),
+        (
+            "AUTH_DATABASE_URL",
+            "postgresql://u@db1,db2/auth?target_session_attrs=standby",
+            "AUTH_DATABASE_URL: target_session_attrs=standby may choose a standby, where "
+            "nothing can be written (use read-write)",
+        ),
+    ],
+    ids=["broker", "database"],
+)
+def test_a_bad_host_list_stops_a_worker_at_start_with_one_line(variable, value, line):
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.relay", "auth"],
+        env={**os.environ, variable: value},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == EXIT_CONFIG_ERROR
+    assert result.stderr == f"configuration error: {line}\n"
