@@ -205,7 +205,7 @@ def postgres_url(url: str) -> str:
     cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
     authority, tail = rest[:cut], rest[cut:]
     userinfo, at, hostlist = authority.rpartition("@")
-    path, question, query = tail.partition("?")
+    path, _question, query = tail.partition("?")
     params = parse_qsl(query, keep_blank_values=True)
     if "," in hostlist:
         items = [_host_and_port(unquote(item)) for item in hostlist.split(",")]
@@ -310,7 +310,7 @@ def check_broker_urls(value: str, variable: str) -> str:
     if not urls:
         raise ConfigError(f"{variable} must be an amqp:// or amqps:// URL")
     several = len(urls) > 1
-    identities: set[tuple[str | None, str]] = set()
+    identities: set[tuple[str, str]] = set()
     for position, url in enumerate(urls, 1):
         which = f"{variable} (URL {position} of {len(urls)})" if several else variable
         parts = urlsplit(url)
@@ -322,7 +322,8 @@ def check_broker_urls(value: str, variable: str) -> str:
             raise ConfigError(f"{which} has a bad port") from None
         if not parts.hostname:
             raise ConfigError(f"{which} has no host")
-        identities.add((parts.username, parts.path))
+        vhost = unquote(parts.path[1:]) if parts.path not in ("", "/") else "/"
+        identities.add((unquote(parts.username or "guest"), vhost))
     if len(identities) > 1:
         raise ConfigError(
             f"{variable}: every URL must name the same user and virtual host "

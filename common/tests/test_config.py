@@ -90,6 +90,8 @@ def test_a_broker_url_may_list_the_nodes_of_a_cluster():
         "amqp://u:p@mq2/%2F",
         "amqps://u:q@mq3/%2F",
     ]
+    # One vhost however written: "/" is the path "", "/" or "/%2F".
+    assert rabbitmq_url(Env({"RABBITMQ_URL": "amqp://a,amqp://guest@b/,amqp://c/%2F"}))
     cloud = Env({"CLOUDAMQP_URL": "amqps://u:p@a/v,amqps://u:p@b/v"})
     assert split_broker_urls(rabbitmq_url(cloud)) == ["amqps://u:p@a/v", "amqps://u:p@b/v"]
 
