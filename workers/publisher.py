@@ -251,6 +251,9 @@ class ConfirmingPublisher:
     def _close_connection(self) -> None:
         """Close the connection (if still open), waiting a little for the broker."""
         self._closing = True
+        # An error that ended it was reported already; wait for the close itself, so
+        # nothing of this connection is left on the I/O loop the next attempt uses.
+        self._error = None
         try:
             if not (self.connection.is_closing or self.connection.is_closed):
                 self.connection.close()  # while opening too: that abandons the attempt
