@@ -18,7 +18,7 @@ import click
 import redis
 from flask import Flask, current_app, g, request
 from flask_limiter import Limiter, RateLimitExceeded
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from auth_app.access import AccessCheck
 from auth_app.config import AuthSettings
@@ -133,6 +133,8 @@ def init_app(app: Flask, api: ServiceApi, settings: AuthSettings) -> None:
         app,
         {
             OperationalError: (503, "Database unavailable"),
+            # A pooled connection found closed by the time it was used (a failover).
+            InterfaceError: (503, "Database unavailable"),
             redis.exceptions.ConnectionError: (503, "Redis unavailable"),
             redis.exceptions.TimeoutError: (503, "Redis unavailable"),
             ConfigError: (503, "Signing keys unavailable"),

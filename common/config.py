@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, ParamSpec, TypeVar, overload
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from common.fields import ROLE_NAME, ROLE_NAME_ERROR
 
@@ -160,13 +160,93 @@ class Env:
         return [item.strip() for item in value.split(",") if item.strip()]
 
 
+#: libpq's ``target_session_attrs`` that never settle for a standby, where nothing can be
+#: written (``any``, libpq's default, is kept when given: a single address behind
+#: which only the primary answers, such as a pooler, needs nothing more).
+WRITABLE_SESSION_ATTRS = ("read-write", "primary", "any")
+
+
+def _host_and_port(item: str) -> tuple[str, str | None]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` as (host, port or None); ValueError."""
+    host, port = item, None
+    if item.startswith("["):
+        host, bracket, rest = item.partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad host {item!r} in the host list")
+        host, port = host + bracket, rest[1:] if rest else None
+    elif item.count(":") == 1:
+        host, port = item.split(":")
+    if not host:
+        raise ValueError("an empty host in the host list")
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"bad port {port!r} in the host list")
+    return host, port
+
+
+def postgres_url(url: str) -> str:
+    """A PostgreSQL URL SQLAlchemy can read; several hosts (a primary and standbys) allowed.
+
+    libpq's own URI puts several hosts in its authority
+    (``postgresql://u@h1:5432,h2:5433/db``), which SQLAlchemy cannot parse:
+    they move to the query in libpq's keyword form
+    (``?host=h1,h2&port=5432,5433``), which psycopg2 hands to libpq as it is.
+    That form, and SQLAlchemy's own (``?host=h1:5432&host=h2:5433``), may
+    also be given directly.
+
+    With several hosts ``target_session_attrs`` defaults to ``read-write``:
+    libpq, left at ``any``, would settle for the first host that answers, a
+    standby included, and every write would fail there. A value that may
+    choose a standby raises ValueError, as does a malformed host list. A URL
+    of a single host comes back unchanged.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        raise ValueError("not a URL")
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]
+    userinfo, at, hostlist = authority.rpartition("@")
+    path, _question, query = tail.partition("?")
+    params = parse_qsl(query, keep_blank_values=True)
+    if "," in hostlist:
+        items = [_host_and_port(unquote(item)) for item in hostlist.split(",")]
+        moved = [("host", ",".join(host.strip("[]") for host, _port in items))]
+        if any(port for _host, port in items):
+            moved.append(("port", ",".join(port or "" for _host, port in items)))
+        if {key for key, _value in moved} & {key for key, _value in params}:
+            raise ValueError("hosts or ports both in the authority and in the query")
+        params = moved + params
+        authority = userinfo + at
+    hosts = [item for key, value in params if key == "host" for item in value.split(",")]
+    if len(hosts) <= 1:
+        return url
+    for host in hosts:
+        _host_and_port(host)
+    attrs = dict(params).get("target_session_attrs")
+    if attrs is None:
+        params.append(("target_session_attrs", "read-write"))
+    elif attrs not in WRITABLE_SESSION_ATTRS:
+        raise ValueError(
+            f"target_session_attrs={attrs} may choose a standby, where nothing can be written "
+            "(use read-write)"
+        )
+    return f"{scheme}://{authority}{path or '/'}?{urlencode(params, safe=':[],')}"
+
+
 def normalise_database_url(url: str, variable: str) -> str:
-    """Accept the URL forms platforms hand out (``postgres://``) and check the scheme."""
+    """Accept the URL forms platforms hand out (``postgres://``) and check the scheme.
+
+    A PostgreSQL URL may name several hosts (see :func:`postgres_url`).
+    """
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if not (scheme.startswith("postgresql") or scheme.startswith("sqlite")):
         raise ConfigError(f"{variable} must be a postgresql:// or sqlite:// URL")
+    if scheme.startswith("postgresql"):
+        try:
+            url = postgres_url(url)
+        except ValueError as error:
+            raise ConfigError(f"{variable}: {error}") from None
     return url
 
 
@@ -175,7 +255,10 @@ def database_url(env: Env, prefix: str, service: str) -> str:
 
     ``<PREFIX>_DATABASE_URL``, else ``DATABASE_URL``, else built from
     ``<PREFIX>_POSTGRES_*``, else a SQLite file ``var/<service>.db`` under the
-    working directory.
+    working directory. ``<PREFIX>_POSTGRES_HOST`` may list several hosts
+    (``db1,db2`` or ``db1:5432,db2:5433``; ``<PREFIX>_POSTGRES_PORT`` for those
+    without a port of their own): the service then connects to whichever is
+    the primary.
     """
     for name in (f"{prefix}_DATABASE_URL", "DATABASE_URL"):
         url = env.str(name)
@@ -190,23 +273,76 @@ def database_url(env: Env, prefix: str, service: str) -> str:
         credentials = quote(user, safe="")
         if password:
             credentials += ":" + quote(password, safe="")
-        return (
-            f"postgresql+psycopg2://{credentials}@{host or 'localhost'}:{port}/"
-            f"{quote(dbname or service, safe='')}"
+        hosts = []
+        for item in (host or "localhost").split(","):
+            try:
+                name, own_port = _host_and_port(item.strip())
+            except ValueError as error:
+                raise ConfigError(f"{prefix}_POSTGRES_HOST: {error}") from None
+            hosts.append(f"{name}:{own_port or port}")
+        return normalise_database_url(
+            f"postgresql+psycopg2://{credentials}@{','.join(hosts)}/"
+            f"{quote(dbname or service, safe='')}",
+            f"{prefix}_POSTGRES_HOST",
         )
     var = Path.cwd() / "var"
     var.mkdir(exist_ok=True)
     return f"sqlite:///{var / f'{service}.db'}"
 
 
+def split_broker_urls(value: str) -> list[str]:
+    """The URLs of a broker setting: one, or several comma-separated (the nodes of a cluster).
+
+    A comma in a password must be written ``%2C``, as any reserved character.
+    """
+    return [url.strip() for url in value.split(",") if url.strip()]
+
+
+def check_broker_urls(value: str, variable: str) -> str:
+    """``value`` with each of its URLs checked: amqp(s)://, a host, a port, one user and vhost.
+
+    Several URLs are the nodes of one cluster, so they must name the same user
+    (RabbitMQ checks a message's ``user_id`` against the connection's user) and
+    the same virtual host. Returns the URLs joined by commas without blanks.
+    Errors name the variable and the URL's position, never its password.
+    """
+    urls = split_broker_urls(value)
+    if not urls:
+        raise ConfigError(f"{variable} must be an amqp:// or amqps:// URL")
+    several = len(urls) > 1
+    identities: set[tuple[str, str]] = set()
+    for position, url in enumerate(urls, 1):
+        which = f"{variable} (URL {position} of {len(urls)})" if several else variable
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps"):
+            raise ConfigError(f"{which} must be an amqp:// or amqps:// URL")
+        try:
+            parts.port  # noqa: B018 - parsing it is the check
+        except ValueError:
+            raise ConfigError(f"{which} has a bad port") from None
+        if not parts.hostname:
+            raise ConfigError(f"{which} has no host")
+        vhost = unquote(parts.path[1:]) if parts.path not in ("", "/") else "/"
+        identities.add((unquote(parts.username or "guest"), vhost))
+    if len(identities) > 1:
+        raise ConfigError(
+            f"{variable}: every URL must name the same user and virtual host "
+            "(the nodes of one cluster)"
+        )
+    return ",".join(urls)
+
+
 def rabbitmq_url(env: Env) -> str:
-    """The broker URL: ``RABBITMQ_URL`` or ``CLOUDAMQP_URL``, else ``RABBITMQ_*`` parts."""
+    """The broker URL: ``RABBITMQ_URL`` or ``CLOUDAMQP_URL``, else ``RABBITMQ_*`` parts.
+
+    The variables may list the nodes of a cluster, comma-separated; each is
+    checked (:func:`check_broker_urls`) and the workers connect to the first
+    that answers (:func:`split_broker_urls` splits them again).
+    """
     for name in ("RABBITMQ_URL", "CLOUDAMQP_URL"):
         url = env.str(name)
         if url:
-            if not url.startswith(("amqp://", "amqps://")):
-                raise ConfigError(f"{name} must be an amqp:// or amqps:// URL")
-            return url
+            return check_broker_urls(url, name)
     host = env.str("RABBITMQ_HOST", "localhost")
     port = env.int("RABBITMQ_PORT", 5672, minimum=1, maximum=65535)
     user = quote(env.str("RABBITMQ_USER", "guest"), safe="")

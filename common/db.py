@@ -31,6 +31,8 @@ from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
+from common.config import postgres_url
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -75,6 +77,21 @@ class UTCDateTime(TypeDecorator):
         return value
 
 
+#: libpq settings of every PostgreSQL connection (a URL may set its own). A
+#: server that vanishes without closing its sockets (a host that died, a
+#: network that dropped it) is noticed within about a minute, not after the
+#: kernel's retransmissions give up (15 minutes or more): keepalives probe an
+#: idle connection (a worker's LISTEN), ``tcp_user_timeout`` bounds a statement
+#: whose data the server never acknowledges. ``connect_timeout`` is per host.
+CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+
 # How long a pooled connection may sit unused before its next checkout pings it.
 # Under load connections come back within milliseconds and are never pinged.
 IDLE_PING_SECONDS = 10.0
@@ -102,6 +119,10 @@ def make_engine(
     the checkout gets a fresh one. A connection that dies while in use fails
     its statement, which SQLAlchemy also reports as a disconnect and answers by
     invalidating the pool.
+
+    ``url`` may name several hosts (:func:`common.config.postgres_url`): each
+    new connection goes to the one that is the primary now, so after a
+    failover the fresh connections land on the promoted standby.
     """
     if url.startswith("sqlite"):
         kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
@@ -121,7 +142,7 @@ def make_engine(
         return engine
     # SQLAlchemy 2.1 reads a bare postgresql:// (the form platforms and compose
     # hand out) as psycopg 3, which is not installed; the project ships psycopg2.
-    parsed = make_url(url)
+    parsed = make_url(postgres_url(url))
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg2")
     engine = create_engine(
@@ -130,7 +151,8 @@ def make_engine(
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_recycle=1800,
-        connect_args={"connect_timeout": 5},
+        # What the URL sets itself wins.
+        connect_args={k: v for k, v in CONNECT_ARGS.items() if k not in parsed.query},
         hide_parameters=True,
     )
     if ping_idle_after is not None:

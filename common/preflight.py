@@ -21,7 +21,14 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from common.config import ConfigError, Env, exit_on_config_error, rabbitmq_url, redis_url
+from common.config import (
+    ConfigError,
+    Env,
+    exit_on_config_error,
+    rabbitmq_url,
+    redis_url,
+    split_broker_urls,
+)
 
 HINTS = {
     "Redis": "start it with `docker compose up -d redis` (or `redis-server`), or set REDIS_URL",
@@ -136,16 +143,19 @@ def start_with_compose(servers: list[Server]) -> bool:
     return True
 
 
+def _broker(env: Env) -> Server:
+    """The broker: the first node that answers when the URL lists a cluster's, else the first."""
+    nodes = [_server("RabbitMQ", url, 5672) for url in split_broker_urls(rabbitmq_url(env))]
+    return next((node for node in nodes if node.reachable()), nodes[0])
+
+
 @exit_on_config_error
 def main() -> int:
     """Check every server ``make run`` needs; start or say how to start any that is down."""
     env = Env()
     down = [
         server
-        for server in (
-            _server("Redis", redis_url(env), 6379),
-            _server("RabbitMQ", rabbitmq_url(env), 5672),
-        )
+        for server in (_server("Redis", redis_url(env), 6379), _broker(env))
         if not server.reachable()
     ]
     if not down:

@@ -20,6 +20,7 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
+from common.config import split_broker_urls
 from common.events import bindings
 from workers.settings import BrokerSettings
 
@@ -43,24 +44,35 @@ def dead_letter_queue(queue: str) -> str:
     return f"{queue}.dead"
 
 
-def connection_parameters(settings: BrokerSettings, name: str) -> pika.URLParameters:
-    """Connection parameters with heartbeats, named for the management UI."""
-    params = pika.URLParameters(settings.url)
-    params.heartbeat = settings.heartbeat
-    params.blocked_connection_timeout = 60
-    params.connection_attempts = 1
-    params.socket_timeout = 5
-    params.client_properties = {"connection_name": name}
-    return params
+def node_parameters(url: str) -> list[pika.URLParameters]:
+    """Connection parameters of each node a broker URL lists (one, or several comma-separated)."""
+    return [pika.URLParameters(node) for node in split_broker_urls(url)]
+
+
+def connection_parameters(settings: BrokerSettings, name: str) -> list[pika.URLParameters]:
+    """Each broker node's connection parameters, in the URL's order, with heartbeats and a name.
+
+    One attempt per node, each with a short timeout: a node that is down is
+    passed over quickly for the next, and when none answers the caller's
+    backoff decides when to go round again.
+    """
+    nodes = node_parameters(settings.url)
+    for params in nodes:
+        params.heartbeat = settings.heartbeat
+        params.blocked_connection_timeout = 60
+        params.connection_attempts = 1
+        params.socket_timeout = 5
+        params.client_properties = {"connection_name": name}
+    return nodes
 
 
 def broker_user(settings: BrokerSettings) -> str:
-    """The broker user the worker connects as."""
-    return str(pika.URLParameters(settings.url).credentials.username)
+    """The broker user the worker connects as (every node's: they are one cluster)."""
+    return str(node_parameters(settings.url)[0].credentials.username)
 
 
 def connect(settings: BrokerSettings, name: str) -> pika.BlockingConnection:
-    """One blocking connection with heartbeats, named for the management UI."""
+    """A blocking connection with heartbeats to the first node that answers, in the URL's order."""
     return pika.BlockingConnection(connection_parameters(settings, name))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -21,7 +22,14 @@ log = logging.getLogger(__name__)
 
 
 class Listener:
-    """One ``LISTEN`` connection on ``channel``, opened on first use and rebuilt after a loss."""
+    """One ``LISTEN`` connection on ``channel``, opened on first use and rebuilt after a loss.
+
+    A loss (the server restarted, or failed over to a standby the engine's URL
+    also names) is found when :meth:`take` reads the connection; the LISTEN is
+    then opened again at once, on whichever server is the primary now. A
+    commit made while no LISTEN was open notified nobody, so a fresh LISTEN
+    counts as a notification: the caller looks for rows before it waits.
+    """
 
     def __init__(self, engine: Engine, channel: str) -> None:
         self.engine = engine
@@ -33,44 +41,59 @@ class Listener:
         """Whether the database can notify at all (PostgreSQL)."""
         return self.engine.dialect.name == "postgresql"
 
-    def _driver_connection(self) -> Any:
-        if self._connection is None:
-            raw = self.engine.raw_connection()
-            connection: Any = raw.driver_connection
-            connection.autocommit = True
-            with connection.cursor() as cursor:
-                cursor.execute(f"LISTEN {self.channel}")
-            self._connection = raw
-        return self._connection.driver_connection
+    def _listen(self) -> None:
+        raw = self.engine.raw_connection()
+        self._connection = raw
+        connection: Any = raw.driver_connection
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(f"LISTEN {self.channel}")
 
-    def fileno(self) -> int | None:
-        """The socket to ``select`` on, or None (SQLite, or the database is unreachable now)."""
+    def take(self) -> bool:
+        """Whether there may be rows the caller has not seen; opens or rebuilds the LISTEN.
+
+        True when a commit notified since the last call, or when the LISTEN
+        has just been opened (a first call, or one after a loss). False when
+        nothing arrived, or when the database cannot be reached now (then
+        :meth:`fileno` is None and the caller polls). Always False on SQLite.
+        """
         if not self.enabled:
-            return None
+            return False
+        if self._connection is not None:
+            try:
+                connection: Any = self._connection.driver_connection
+                connection.poll()
+                # A server going away sends an error, then closes: the first poll
+                # reads the error quietly, a second one meets the closed socket.
+                if select.select([connection], [], [], 0)[0]:
+                    connection.poll()
+                arrived = bool(connection.notifies)
+                connection.notifies.clear()
+                return arrived
+            except Exception as error:  # noqa: BLE001 - any failure: listen again, below
+                log.warning(
+                    "%s listener lost (%s); listening again", self.channel, type(error).__name__
+                )
+                self.drop()
         try:
-            return int(self._driver_connection().fileno())
+            self._listen()
         except Exception as error:  # noqa: BLE001 - unreachable now: poll, and retry later
             log.warning("%s listener unavailable (%s)", self.channel, type(error).__name__)
             self.drop()
-            return None
+            return False
+        return True
 
-    def take(self) -> bool:
-        """Read what arrived: whether a notification was among it. Drops a broken connection."""
+    def fileno(self) -> int | None:
+        """The LISTEN connection's socket to ``select`` on; None when there is none.
+
+        None on SQLite, and when the last :meth:`take` could not reach the database.
+        """
         if self._connection is None:
-            return False
-        try:
-            connection = self._driver_connection()
-            connection.poll()
-            arrived = bool(connection.notifies)
-            connection.notifies.clear()
-            return arrived
-        except Exception as error:  # noqa: BLE001 - any failure: rebuild it on the next wait
-            log.warning("%s listener lost (%s)", self.channel, type(error).__name__)
-            self.drop()
-            return False
+            return None
+        return int(self._connection.driver_connection.fileno())  # type: ignore[union-attr]
 
     def drop(self) -> None:
-        """Throw the connection away (it is rebuilt on the next use)."""
+        """Throw the connection away (the next :meth:`take` listens again)."""
         if self._connection is not None:
             with contextlib.suppress(Exception):  # it is being thrown away
                 self._connection.invalidate()

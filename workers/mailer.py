@@ -388,9 +388,9 @@ class Mailer:
 
     def wait(self) -> None:
         """Sleep until a mail may be due: a commit's NOTIFY, a retry's time, or a stop."""
-        fd = self.listener.fileno()
-        if fd is not None and self.listener.take():  # a commit notified meanwhile
+        if self.listener.take():  # a commit notified meanwhile, or the LISTEN is new
             return
+        fd = self.listener.fileno()
         due_in = self.next_due_in()
         timeout = LISTEN_TIMEOUT_SECONDS if fd is not None else IDLE_POLL_SECONDS
         if due_in is not None:

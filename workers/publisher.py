@@ -22,6 +22,7 @@ from typing import Any
 import pika
 import pika.exceptions
 import pika.spec
+from pika.adapters.select_connection import IOLoop
 
 from workers.broker import connection_parameters
 from workers.settings import BrokerSettings
@@ -72,13 +73,48 @@ class ConfirmingPublisher:
         self._by_message_id: dict[str, int] = {}
         self._returned: set[int] = set()
         self._next_tag = 1
-        self.connection = pika.SelectConnection(
-            connection_parameters(settings, name),
-            on_open_callback=self._on_open,
-            on_open_error_callback=self._on_open_error,
-            on_close_callback=self._on_closed,
-        )
-        self._run(lambda: self._ready, timeout)
+        # One I/O loop for every node tried and for the connection's whole life.
+        self._ioloop = IOLoop()
+        self._ioloop_open = True
+        try:
+            self.connection = self._open(connection_parameters(settings, name), timeout)
+        except BaseException:
+            self._ioloop.close()
+            raise
+
+    def _open(self, nodes: list[pika.URLParameters], timeout: float) -> pika.SelectConnection:
+        """A connection, with its confirm-mode channel, to the first node that answers in turn.
+
+        pika's SelectConnection takes one node; the nodes are tried here one
+        after the other (as BlockingConnection does with a list). Raises the
+        last node's error when none answers.
+        """
+        error: BaseException = pika.exceptions.AMQPConnectionError("no broker node")
+        for parameters in nodes:
+            self._error, self._closing, self._ready = None, False, False
+            self.connection = pika.SelectConnection(
+                parameters,
+                on_open_callback=self._on_open,
+                on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_closed,
+                custom_ioloop=self._ioloop,
+            )
+            try:
+                if self._run(lambda: self._ready, timeout):
+                    return self.connection
+                error = pika.exceptions.AMQPConnectionError(
+                    f"{parameters.host}:{parameters.port} not ready within {timeout:.0f}s"
+                )
+            except (pika.exceptions.AMQPError, OSError) as failure:
+                error = failure
+            log.warning(
+                "broker node %s:%s unavailable (%s)",
+                parameters.host,
+                parameters.port,
+                type(error).__name__,
+            )
+            self._close_connection()
+        raise error
 
     # -- the I/O loop --------------------------------------------------------
     def _run(
@@ -200,7 +236,7 @@ class ConfirmingPublisher:
                     f"no publisher confirm within {self.timeout:.0f}s"
                 )
         except (pika.exceptions.AMQPError, OSError) as error:
-            self.close()
+            self._close_connection()
             return Confirmations(list(self._outcomes), error)
         return Confirmations(list(self._outcomes))
 
@@ -212,13 +248,23 @@ class ConfirmingPublisher:
         self._run(lambda: False, timeout, fds)
         return self._wake
 
-    def close(self) -> None:
+    def _close_connection(self) -> None:
         """Close the connection (if still open), waiting a little for the broker."""
         self._closing = True
+        # An error that ended it was reported already; wait for the close itself, so
+        # nothing of this connection is left on the I/O loop the next attempt uses.
+        self._error = None
         try:
-            if self.connection.is_open:
-                self.connection.close()
+            if not (self.connection.is_closing or self.connection.is_closed):
+                self.connection.close()  # while opening too: that abandons the attempt
             if not self.connection.is_closed:
                 self._run(lambda: self.connection.is_closed, 5.0)
         except (pika.exceptions.AMQPError, OSError):
             log.debug("publisher connection already closed")
+
+    def close(self) -> None:
+        """Close the connection (if still open) and release the I/O loop; idempotent."""
+        if self._ioloop_open:
+            self._close_connection()
+            self._ioloop.close()
+            self._ioloop_open = False

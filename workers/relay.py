@@ -147,11 +147,13 @@ class Relay:
     # -- waiting -------------------------------------------------------------
     def wait_for_rows(self, publisher: ConfirmingPublisher) -> None:
         """Block until a new outbox row may exist, servicing the broker connection."""
+        # A commit notified while the last batch went out, or the LISTEN is new
+        # (after a failover, on the new primary): look for rows first.
+        if self.listener.take():
+            return
         fd = self.listener.fileno()
         if fd is None:
             publisher.wait([self.stopper.wake_fd], self.idle_poll)
-            return
-        if self.listener.take():  # a commit notified while the last batch went out
             return
         publisher.wait([fd, self.stopper.wake_fd], self.listen_timeout)
         self.listener.take()

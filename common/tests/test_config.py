@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy.engine import make_url
 
-from common.config import ConfigError, Env, database_url, rabbitmq_url, redis_url
+from common.config import (
+    ConfigError,
+    Env,
+    database_url,
+    rabbitmq_url,
+    redis_url,
+    split_broker_urls,
+)
 
 
 def test_database_url_precedence(tmp_path, monkeypatch):
@@ -69,3 +77,117 @@ def test_getters_read_values_and_defaults():
     assert env.str("S") == "x"
     assert env.str("E", "default") == "default"
     assert env.list("MISSING") == []
+
+
+# -- several broker nodes ------------------------------------------------------
+
+
+def test_a_broker_url_may_list_the_nodes_of_a_cluster():
+    env = Env({"RABBITMQ_URL": " amqp://u:p@mq1:5672/%2F , amqp://u:p@mq2/%2F,amqps://u:q@mq3/%2F"})
+    assert rabbitmq_url(env) == "amqp://u:p@mq1:5672/%2F,amqp://u:p@mq2/%2F,amqps://u:q@mq3/%2F"
+    assert split_broker_urls(rabbitmq_url(env)) == [
+        "amqp://u:p@mq1:5672/%2F",
+        "amqp://u:p@mq2/%2F",
+        "amqps://u:q@mq3/%2F",
+    ]
+    # One vhost however written: "/" is the path "", "/" or "/%2F".
+    assert rabbitmq_url(Env({"RABBITMQ_URL": "amqp://a,amqp://guest@b/,amqp://c/%2F"}))
+    cloud = Env({"CLOUDAMQP_URL": "amqps://u:p@a/v,amqps://u:p@b/v"})
+    assert split_broker_urls(rabbitmq_url(cloud)) == ["amqps://u:p@a/v", "amqps://u:p@b/v"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("amqp://u:p@mq1/%2F,http://mq2", r"RABBITMQ_URL \(URL 2 of 2\) must be an amqp://"),
+        (
+            "amqp://u:p@mq1:many/%2F,amqp://u:p@mq2/%2F",
+            r"RABBITMQ_URL \(URL 1 of 2\) has a bad port",
+        ),
+        ("amqp://u:p@mq1:99999/%2F", "RABBITMQ_URL has a bad port"),
+        ("amqp://u:p@mq1/%2F,amqp://u:p@:5672/%2F", r"RABBITMQ_URL \(URL 2 of 2\) has no host"),
+        (" , ", "RABBITMQ_URL must be an amqp:// or amqps:// URL"),
+    ],
+)
+def test_each_broker_url_is_checked_and_named_by_its_place_in_the_list(value, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        rabbitmq_url(Env({"RABBITMQ_URL": value}))
+    assert ":p@" not in str(raised.value)  # never the password
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["amqp://a:p@mq1/%2F,amqp://b:p@mq2/%2F", "amqp://a:p@mq1/%2F,amqp://a:p@mq2/other"],
+    ids=["users", "vhosts"],
+)
+def test_the_nodes_of_a_broker_url_share_one_user_and_vhost(value):
+    with pytest.raises(ConfigError, match="CLOUDAMQP_URL: every URL must name the same user"):
+        rabbitmq_url(Env({"CLOUDAMQP_URL": value}))
+
+
+# -- several database hosts ----------------------------------------------------
+
+
+def test_a_database_url_in_libpqs_multi_host_form_becomes_one_sqlalchemy_reads():
+    env = Env({"AUTH_DATABASE_URL": "postgres://u:p%40w@db1:5432,db2:5433/auth?sslmode=require"})
+    url = database_url(env, "AUTH", "auth")
+    assert url == (
+        "postgresql://u:p%40w@/auth?host=db1,db2&port=5432,5433&sslmode=require"
+        "&target_session_attrs=read-write"
+    )
+    parsed = make_url(url)
+    assert (parsed.username, parsed.password, parsed.database) == ("u", "p@w", "auth")
+    assert parsed.query["host"] == "db1,db2"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@db1,db2/auth",
+        "postgresql+psycopg2://u@/auth?host=db1,db2&port=5432,5433",
+        "postgresql+psycopg2://u@/auth?host=db1:5432&host=db2:5433",
+    ],
+)
+def test_several_database_hosts_connect_to_the_primary_unless_told_otherwise(url):
+    parsed = make_url(database_url(Env({"DATABASE_URL": url}), "USER", "user"))
+    assert parsed.query["target_session_attrs"] == "read-write"
+    primary = url + ("&" if "?" in url else "?") + "target_session_attrs=primary"
+    given = database_url(Env({"DATABASE_URL": primary}), "USER", "user")
+    assert make_url(given).query["target_session_attrs"] == "primary"
+
+
+def test_a_single_database_host_is_left_as_it_is():
+    url = "postgresql://u@db/auth?sslmode=require"
+    assert database_url(Env({"DATABASE_URL": url}), "AUTH", "auth") == url
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://u@db1,db2/a?target_session_attrs=standby", "may choose a standby"),
+        ("postgresql://u@db1,db2/a?target_session_attrs=prefer-standby", "may choose a standby"),
+        ("postgresql://u@db1,,db2/a", "an empty host"),
+        ("postgresql://u@db1:5432,db2:x/a", "bad port 'x'"),
+        ("postgresql://u@db1,db2/a?host=db3", "both in the authority and in the query"),
+    ],
+)
+def test_a_bad_host_list_stops_with_one_line_naming_the_variable(url, message):
+    with pytest.raises(ConfigError, match=f"USER_DATABASE_URL: .*{message}"):
+        database_url(Env({"USER_DATABASE_URL": url}), "USER", "user")
+
+
+def test_postgres_host_may_list_several_hosts():
+    env = Env(
+        {
+            "USER_POSTGRES_HOST": "db1, db2:5433,[2001:db8::1]",
+            "USER_POSTGRES_PORT": "6432",
+            "USER_POSTGRES_PASSWORD": "s,cret",
+        }
+    )
+    url = make_url(database_url(env, "USER", "user"))
+    assert url.query["host"] == "db1,db2,2001:db8::1"
+    assert url.query["port"] == "6432,5433,6432"
+    assert url.query["target_session_attrs"] == "read-write"
+    assert (url.password, url.database) == ("s,cret", "user")
+    with pytest.raises(ConfigError, match="USER_POSTGRES_HOST: an empty host"):
+        database_url(Env({"USER_POSTGRES_HOST": "db1,"}), "USER", "user")

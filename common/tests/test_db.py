@@ -20,7 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from common.db import make_engine, new_metadata
 from common.flask_db import Database, _only_reads, get_session
-from tests.support.servers import POSTGRES_ADMIN_URL, fresh_postgres_database
+from tests.support.servers import POSTGRES_ADMIN_URL, free_port, fresh_postgres_database
 
 
 @pytest.fixture
@@ -110,6 +110,24 @@ def test_a_connection_that_fails_its_ping_is_replaced(postgres_url):
         before = backend_pid(engine)
         end_every_connection(postgres_url)
         assert backend_pid(engine) != before
+    finally:
+        engine.dispose()
+
+
+def test_an_engine_on_several_hosts_connects_to_the_first_that_answers(postgres_url):
+    # libpq's multi-host URI, which SQLAlchemy cannot parse on its own: a host
+    # where nothing listens first, then the real server.
+    real = make_url(postgres_url)
+    url = (
+        f"postgresql://{real.username}@127.0.0.1:{free_port()},"
+        f"{real.host}:{real.port}/{real.database}"
+    )
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT current_database()")).scalar_one() == real.database
+            # What target_session_attrs=read-write (the default with several hosts) chose.
+            assert conn.execute(text("SHOW transaction_read_only")).scalar_one() == "off"
     finally:
         engine.dispose()
 

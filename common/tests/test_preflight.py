@@ -41,6 +41,20 @@ def test_passes_silently_when_redis_and_rabbitmq_answer():
     assert result.stderr == ""
 
 
+def test_a_broker_url_listing_a_clusters_nodes_passes_when_one_of_them_answers():
+    down = f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F"
+    up = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    result = preflight(REDIS_URL="redis://127.0.0.1:6379/0", RABBITMQ_URL=f"{down},{up}")
+    assert result.returncode == 0, result.stderr
+    port = closed_port()
+    result = preflight(
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        RABBITMQ_URL=f"amqp://g:g@127.0.0.1:{port}/%2F,amqp://g:g@127.0.0.1:{closed_port()}/%2F",
+    )
+    assert result.returncode == 1
+    assert f"RabbitMQ is not reachable at 127.0.0.1:{port}" in result.stderr
+
+
 def test_names_the_unreachable_server_where_it_looked_and_how_to_start_it():
     port = closed_port()
     result = preflight(REDIS_URL=f"redis://127.0.0.1:{port}/0", RABBITMQ_HOST="127.0.0.1")

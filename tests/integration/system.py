@@ -225,8 +225,16 @@ class System:
 
 
 @contextmanager
-def fresh_system(label: str, keys_dir: Path, amqp_url: str | None = None):
-    """A System on fresh databases, a fresh vhost (unless given) and a Redis prefix of its own."""
+def fresh_system(
+    label: str,
+    keys_dir: Path,
+    amqp_url: str | None = None,
+    database_urls: tuple[str, str] | None = None,
+):
+    """A System on fresh databases and a fresh vhost (unless given), with a Redis prefix of its own.
+
+    ``database_urls`` are the auth and user databases, empty, when the test brings its own.
+    """
     from tests.support.servers import (
         check_redis,
         fresh_postgres_database,
@@ -240,8 +248,12 @@ def fresh_system(label: str, keys_dir: Path, amqp_url: str | None = None):
     with ExitStack() as stack:
         if amqp_url is None:
             amqp_url = stack.enter_context(fresh_vhost(label))
-        auth_url = stack.enter_context(fresh_postgres_database(f"{label}_auth"))
-        user_url = stack.enter_context(fresh_postgres_database(f"{label}_user"))
+        if database_urls is None:
+            database_urls = (
+                stack.enter_context(fresh_postgres_database(f"{label}_auth")),
+                stack.enter_context(fresh_postgres_database(f"{label}_user")),
+            )
+        auth_url, user_url = database_urls
         system = System(
             auth_url=auth_url,
             user_url=user_url,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pika
 
+from workers.broker import node_parameters
 from workers.settings import BrokerSettings
 
 
@@ -39,7 +40,7 @@ class Running:
 
 def drain(url: str, queue: str, expected: int, timeout: float = 20.0) -> list:
     """Read (and ack) up to ``expected`` messages from ``queue``, waiting at most ``timeout``."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    connection = pika.BlockingConnection(node_parameters(url))
     try:
         channel = connection.channel()
         got = []
@@ -57,8 +58,8 @@ def drain(url: str, queue: str, expected: int, timeout: float = 20.0) -> list:
 
 
 def queue_depth(url: str, queue: str) -> int:
-    """How many ready messages ``queue`` holds."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    """How many ready messages ``queue`` holds (``url`` may list a cluster's nodes)."""
+    connection = pika.BlockingConnection(node_parameters(url))
     try:
         return connection.channel().queue_declare(queue, passive=True).method.message_count
     finally:
