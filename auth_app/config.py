@@ -21,9 +21,11 @@ from limits import parse_many
 from common.config import (
     ConfigError,
     Env,
+    RedisSentinel,
     WebSettings,
     build_settings,
     database_url,
+    redis_sentinel,
     redis_url,
     web_settings_values,
 )
@@ -43,7 +45,11 @@ EMAIL_VERIFICATION_MODES = ("off", "optional", "required")
 class AuthSettings(WebSettings):
     """Everything the auth service is configured with."""
 
+    #: ``REDIS_URL`` (or its parts): the one Redis server, unless Sentinel names it.
     redis_url: str = "redis://localhost:6379/0"
+    #: ``REDIS_SENTINELS`` with ``REDIS_SENTINEL_MASTER``: the primary is whichever server
+    #: the sentinels name now; ``redis_url`` is then not used.
+    redis_sentinel: RedisSentinel | None = None
     redis_key_prefix: str = "auth:"
     private_key_path: Path | None = Path("keys/private.pem")
     public_key_path: Path | None = Path("keys/public.pem")
@@ -195,8 +201,11 @@ def load_settings(
     if algorithm != "RS256":
         raise ConfigError(f"ALGORITHM must be RS256, got {algorithm!r}")
     values = web_settings_values(env, leeway_minimum=1, access_maximum=24 * 60)
+    sentinel = redis_sentinel(env, "AUTH")
+    if sentinel is None:
+        values["redis_url"] = redis_url(env, "AUTH")
     values.update(
-        redis_url=redis_url(env, "AUTH"),
+        redis_sentinel=sentinel,
         redis_key_prefix=env.str("AUTH_REDIS_KEY_PREFIX", "auth:"),
         private_key_path=Path(env.str("PRIVATE_KEY_PATH", "keys/private.pem")),
         public_key_path=Path(env.str("PUBLIC_KEY_PATH", "keys/public.pem")),

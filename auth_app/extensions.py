@@ -137,6 +137,8 @@ def init_app(app: Flask, api: ServiceApi, settings: AuthSettings) -> None:
             InterfaceError: (503, "Database unavailable"),
             redis.exceptions.ConnectionError: (503, "Redis unavailable"),
             redis.exceptions.TimeoutError: (503, "Redis unavailable"),
+            # A primary demoted to a replica (REDIS_URL naming it still), refusing writes.
+            redis.exceptions.ReadOnlyError: (503, "Redis unavailable"),
             ConfigError: (503, "Signing keys unavailable"),
         },
     )
@@ -157,15 +159,41 @@ def _bind_clients(app: Flask) -> None:
             unbind_client(binding)
 
 
+def limiter_storage(settings: AuthSettings) -> tuple[str, dict[str, Any]]:
+    """flask-limiter's storage URI and options: the service's Redis, as the stores use it.
+
+    Behind Sentinel it is the ``limits`` library's ``redis+sentinel://`` storage,
+    with the data nodes' password and database as options (the sentinels get
+    their own password, or none) and every count on the primary: a replica
+    would read counts that replication has not caught up with yet.
+    """
+    timeouts: dict[str, Any] = {
+        "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+        "socket_timeout": REDIS_TIMEOUT_SECONDS,
+    }
+    sentinel = settings.redis_sentinel
+    if sentinel is None:
+        return settings.redis_url, timeouts
+    return sentinel.storage_uri(), {
+        **timeouts,
+        "db": sentinel.db,
+        "password": sentinel.password,
+        "use_replicas": False,
+        "sentinel_kwargs": {"password": sentinel.sentinel_password, **timeouts},
+    }
+
+
 def _init_limiter(app: Flask, api: ServiceApi, settings: AuthSettings) -> None:
+    uri, options = limiter_storage(settings)
     app.config.update(
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
-        RATELIMIT_STORAGE_URI=settings.redis_url,
-        RATELIMIT_STORAGE_OPTIONS={
-            "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
-            "socket_timeout": REDIS_TIMEOUT_SECONDS,
-        },
+        RATELIMIT_STORAGE_URI=uri,
+        RATELIMIT_STORAGE_OPTIONS=options,
     )
+    # flask-limiter merges each app's storage options into those of the apps
+    # before it; a process that builds several apps (tests) must not hand a
+    # plain Redis URL the options of a Sentinel one.
+    limiter._storage_options = {}
     limiter.init_app(app)
 
     def too_many_requests(error: RateLimitExceeded) -> Any:

@@ -18,8 +18,13 @@ The cut-off is read from the user's row, which every token check reads anyway.
 A Redis that lost its keys (it restarted empty, was flushed, or failed over to
 a replica that had not caught up) is refilled from the database before it
 answers a check: a marker key holds the ``run_id`` of the server that was
-filled. A marker that is missing, or names another server than the one a new
-connection reached, means the keys cannot be trusted.
+filled. Each check is one script on the server that answers it, which
+compares the marker with that server's own ``run_id``: a marker that is
+missing, or names another server (a replica holds its primary's marker),
+means the keys cannot be trusted. The server is asked about itself, never a
+process's idea of which server it reached last, so behind Redis Sentinel,
+whose primary changes under the connection pool, no check is answered from
+an unfilled server even while the sentinels disagree.
 
 The cut-off is a whole second one past the moment of revocation, and tokens of
 that user are never issued with an ``iat`` below it. So a token issued earlier
@@ -46,7 +51,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import redis
-from redis.connection import AbstractConnection
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -65,7 +69,16 @@ MAX_CUTOFF_AHEAD = 2
 
 
 def connect_redis(settings: AuthSettings, **options: Any) -> redis.Redis:
-    """A client of the service's Redis, with short timeouts (a dead Redis answers 503)."""
+    """A client of the service's Redis, with short timeouts (a dead Redis answers 503).
+
+    With ``REDIS_SENTINELS`` every new connection goes to the server the
+    sentinels name as the primary at that moment, so the client follows a
+    failover; a connection to a primary that went away or was demoted fails
+    once (503) and the next one reaches the new primary.
+    """
+    if settings.redis_sentinel is not None:
+        sentinel = settings.redis_sentinel.connect(REDIS_TIMEOUT_SECONDS)
+        return cast(redis.Redis, sentinel.master_for(settings.redis_sentinel.master, **options))
     return redis.Redis.from_url(
         settings.redis_url,
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
@@ -74,32 +87,31 @@ def connect_redis(settings: AuthSettings, **options: Any) -> redis.Redis:
     )
 
 
-class ServerWatch:
-    """A redis-py connect hook: notes the ``run_id`` of the server each new connection reaches.
-
-    redis-py calls it instead of its own handshake, so it does that first.
-    """
-
-    def __init__(self) -> None:
-        self.run_id: str | None = None
-
-    def __call__(self, connection: AbstractConnection) -> None:
-        """Hand-shake, then ask the server who it is."""
-        connection.on_connect()
-        connection.send_command("INFO", "server")
-        info = connection.read_response()
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        for line in text.splitlines():
-            if line.startswith("run_id:"):
-                self.run_id = line.partition(":")[2].strip()
+# The token check, answered by one server about itself: -1 when the marker does
+# not name the server that runs the script (it lost its keys, or is another
+# server than the one that was filled), else how many of the keys exist.
+_CHECK = """
+local marker = redis.call('GET', KEYS[1])
+if marker ~= string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') then return -1 end
+if #KEYS < 2 then return 0 end
+return redis.call('EXISTS', unpack(KEYS, 2))
+"""
+# The last step of a refill: the marker names the server that holds the keys.
+_MARK = """
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+redis.call('SET', KEYS[1], run_id)
+return run_id
+"""
+# A check that finds a server unfilled refills it and asks again; more rounds
+# than this mean the primary keeps changing under it (a 503, never a guess).
+REFILL_ROUNDS = 3
 
 
 class RevocationStore:
     """Revoked token ids, revoked sessions and per-user cut-offs.
 
-    ``database`` is where a Redis that lost its keys is refilled from, and
-    ``server`` tells which Redis server the client last reached; without them
-    (the auth worker only revokes) nothing is refilled.
+    ``database`` is where a Redis that lost its keys is refilled from; without
+    it (the auth worker only revokes) nothing is refilled.
     """
 
     def __init__(
@@ -110,7 +122,6 @@ class RevocationStore:
         access_ttl: int,
         leeway: int,
         database: sessionmaker[Session] | None = None,
-        server: ServerWatch | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -118,27 +129,21 @@ class RevocationStore:
         # An entry must outlive every token it can concern, leeway included.
         self.ttl = access_ttl + leeway + 1
         self.database = database
-        self.server = server or ServerWatch()
         self._marker = f"{prefix}revocations:filled"
+        self._check = client.register_script(_CHECK)
         self._refilling = threading.Lock()
 
     @classmethod
     def connect(
         cls, settings: AuthSettings, database: sessionmaker[Session] | None = None, **options: Any
     ) -> RevocationStore:
-        """The store the web app and the auth worker use, on a Redis client of its own.
-
-        Every new connection asks the server for its ``run_id``, so a restart
-        or a failover is noticed before the connection answers a check.
-        """
-        server = ServerWatch()
+        """The store the web app and the auth worker use, on a Redis client of its own."""
         return cls(
-            connect_redis(settings, redis_connect_func=server, **options),
+            connect_redis(settings, **options),
             settings.redis_key_prefix,
             access_ttl=settings.access_token_ttl,
             leeway=settings.jwt_leeway_seconds,
             database=database,
-            server=server,
         )
 
     # -- keys ----------------------------------------------------------------
@@ -199,33 +204,40 @@ class RevocationStore:
     def is_revoked(self, claims: dict[str, Any]) -> bool:
         """Whether a verified access token's id or session was revoked.
 
-        The per-user cut-off is the caller's to compare with ``iat``
-        (see :func:`issued_before_cutoff`).
+        The server that answers also says whether it is the one that was
+        filled; if not, it is refilled from the database and asked again, so
+        no answer ever comes from a server that lost revocations. The
+        per-user cut-off is the caller's to compare with ``iat`` (see
+        :func:`issued_before_cutoff`).
         """
         sid = claims.get("sid")
         keys = [self._jti(str(claims["jti"]))] + ([self._sid(str(sid))] if sid else [])
-        pipe = self.client.pipeline()
-        pipe.get(self._marker)
-        pipe.exists(*keys)
-        marker, revoked = pipe.execute()
-        if not self._trusted(marker):
-            self.refill()
-            revoked = self.client.exists(*keys)
-        return bool(revoked)
-
-    def _trusted(self, marker: bytes | None) -> bool:
         if self.database is None:
-            return True
-        if marker is None:
-            return False
-        return self.server.run_id is None or marker.decode() == self.server.run_id
+            return bool(self.client.exists(*keys))
+        for _ in range(REFILL_ROUNDS):
+            revoked = int(self._check(keys=[self._marker, *keys]))
+            if revoked >= 0:
+                return revoked > 0
+            self.refill(unless_filled=True)
+        raise redis.exceptions.ConnectionError(
+            f"Redis was refilled {REFILL_ROUNDS} times and still answered from an unfilled server"
+        )
 
     # -- refilling -----------------------------------------------------------
-    def refill(self) -> None:
-        """Write every revocation that may still concern a live token back to Redis."""
+    def refill(self, *, unless_filled: bool = False) -> None:
+        """Write every revocation that may still concern a live token back to Redis.
+
+        The keys and the marker go over one connection, so the marker names
+        the server that holds them: a check reads the marker on the server it
+        asks and compares it with that server's own ``run_id``. With
+        ``unless_filled``, a server another thread has filled meanwhile is
+        left alone (a failover sends every thread here at once).
+        """
         if self.database is None:
             return
         with self._refilling:
+            if unless_filled and int(self._check(keys=[self._marker])) >= 0:
+                return
             now = utcnow()
             with self.database() as session:
                 tokens = session.execute(
@@ -244,12 +256,13 @@ class RevocationStore:
             for sid, revoked_at in sessions:
                 until = cast(datetime, revoked_at) + timedelta(seconds=self.ttl)
                 pipe.set(self._sid(sid), "1", ex=_seconds_until(until, now))
-            pipe.set(self._marker, self.server.run_id or "filled")
-            pipe.execute()
+            pipe.eval(_MARK, 1, self._marker)
+            *_, run_id = pipe.execute()
         log.warning(
-            "revocations refilled from the database: %d tokens, %d sessions",
+            "revocations refilled from the database: %d tokens, %d sessions (Redis server %s)",
             len(tokens),
             len(sessions),
+            run_id.decode() if isinstance(run_id, bytes) else run_id,
         )
 
 

@@ -10,15 +10,19 @@ import builtins
 import dataclasses
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from common.fields import ROLE_NAME, ROLE_NAME_ERROR
+
+if TYPE_CHECKING:
+    from redis.sentinel import Sentinel
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -364,6 +368,117 @@ def redis_url(env: Env, prefix: str = "AUTH") -> str:
     password = env.str(f"{prefix}_REDIS_PASSWORD")
     auth = f":{quote(password, safe='')}@" if password else ""
     return f"redis://{auth}{host}:{port}/{db}"
+
+
+# A sentinel is ``host:port`` or ``[v6 address]:port``; a master name goes into
+# the rate limiter's storage URI as its path, so it is kept to URL-safe characters.
+_SENTINEL_ADDRESS = re.compile(
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>\d{1,5})"
+)
+_SENTINEL_MASTER = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+@dataclass(frozen=True)
+class RedisSentinel:
+    """A Redis whose primary Redis Sentinel names: the sentinels, the primary's name, passwords.
+
+    Every new connection asks the sentinels which server is the primary now,
+    so a process follows a failover without a restart.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    #: ``<PREFIX>_REDIS_PASSWORD``: the data nodes' (the primary's and the replicas').
+    password: str | None = field(default=None, repr=False)
+    #: ``REDIS_SENTINEL_PASSWORD``: the sentinels' own ``requirepass``, if they have one.
+    sentinel_password: str | None = field(default=None, repr=False)
+
+    @property
+    def addresses(self) -> str:
+        """The sentinels as ``REDIS_SENTINELS`` lists them."""
+        return ",".join(_host_port(host, port) for host, port in self.sentinels)
+
+    def connect(self, timeout: float) -> Sentinel:
+        """A client of the sentinels; its ``master_for`` connections follow the primary.
+
+        ``timeout`` bounds every connect and read, the sentinels' included (a
+        sentinel that does not answer is skipped for the next one).
+        """
+        from redis.sentinel import Sentinel  # the user service never loads redis
+
+        return Sentinel(
+            self.sentinels,
+            sentinel_kwargs={
+                "password": self.sentinel_password,
+                "socket_connect_timeout": timeout,
+                "socket_timeout": timeout,
+            },
+            db=self.db,
+            password=self.password,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+        )
+
+    def storage_uri(self) -> str:
+        """The ``limits`` library's URI of this primary: ``redis+sentinel://h:p,h:p/master``.
+
+        Passwords go to the storage as options, never in the URI: ``limits``
+        would send the one password of a URI to the sentinels and the data
+        nodes alike, without unquoting it.
+        """
+        return f"redis+sentinel://{self.addresses}/{self.master}"
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _sentinel_addresses(env: Env) -> tuple[tuple[str, int], ...]:
+    addresses: dict[tuple[str, int], None] = {}
+    for entry in env.list("REDIS_SENTINELS"):
+        match = _SENTINEL_ADDRESS.fullmatch(entry)
+        port = int(match["port"]) if match else 0
+        if match is None or not 1 <= port <= 65535:
+            raise ConfigError(
+                f"REDIS_SENTINELS entry {entry!r} is not host:port (port 1-65535); "
+                "expected e.g. sentinel-1:26379,sentinel-2:26379"
+            )
+        addresses[(match["v6"] or match["host"], port)] = None
+    return tuple(addresses)
+
+
+def redis_sentinel(env: Env, prefix: str = "AUTH") -> RedisSentinel | None:
+    """``REDIS_SENTINELS`` with ``REDIS_SENTINEL_MASTER``, or None when they are unset.
+
+    With them, Redis is wherever the sentinels say the primary is:
+    ``REDIS_URL`` and ``<PREFIX>_REDIS_HOST`` / ``PORT`` are not read, while
+    ``<PREFIX>_REDIS_PASSWORD`` and ``<PREFIX>_REDIS_DB`` still apply to the
+    data nodes. ``REDIS_SENTINEL_PASSWORD`` is the sentinels' own, if any.
+    """
+    sentinels = _sentinel_addresses(env)
+    master = env.str("REDIS_SENTINEL_MASTER")
+    if not sentinels:
+        for name in ("REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD"):
+            if env.str(name) is not None:
+                raise ConfigError(f"{name} is set but REDIS_SENTINELS (host:port,...) is not")
+        return None
+    if master is None:
+        raise ConfigError(
+            "REDIS_SENTINEL_MASTER must name the primary the sentinels monitor "
+            "(REDIS_SENTINELS is set)"
+        )
+    if not _SENTINEL_MASTER.fullmatch(master):
+        raise ConfigError(
+            f"REDIS_SENTINEL_MASTER must be 1-128 letters, digits, '.', '_' or '-', got {master!r}"
+        )
+    return RedisSentinel(
+        sentinels,
+        master,
+        db=env.int(f"{prefix}_REDIS_DB", 0, minimum=0),
+        password=env.str(f"{prefix}_REDIS_PASSWORD"),
+        sentinel_password=env.str("REDIS_SENTINEL_PASSWORD"),
+    )
 
 
 DEFAULT_ISSUER = "http://127.0.0.1:5001"

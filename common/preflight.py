@@ -9,6 +9,10 @@ the command sets to the port the settings look at. It says so, waits until
 the server accepts connections, and ``make run`` goes on. Otherwise it prints
 one line per unreachable server: which one, where it looked and how to start
 it, then exits 1. Reads the same variables as the services.
+
+With ``REDIS_SENTINELS`` the Redis to check is the primary the sentinels name
+for ``REDIS_SENTINEL_MASTER``; neither the sentinels nor that primary are
+ever started here (the development compose file has no Sentinel).
 """
 
 from __future__ import annotations
@@ -21,11 +25,15 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import redis
+
 from common.config import (
     ConfigError,
     Env,
+    RedisSentinel,
     exit_on_config_error,
     rabbitmq_url,
+    redis_sentinel,
     redis_url,
     split_broker_urls,
 )
@@ -46,6 +54,7 @@ LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 #: first boot, definitions imported, takes tens of seconds).
 START_TIMEOUT = 120.0
 DOCKER_TIMEOUT = 30.0
+SENTINEL_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True)
@@ -55,11 +64,21 @@ class Server:
     name: str
     host: str
     port: int
+    #: How its address was found when the settings do not name it (Redis Sentinel).
+    found_by: str | None = None
 
     @property
     def where(self) -> str:
-        """``host:port``."""
-        return f"{self.host}:{self.port}"
+        """``host:port``, and how it was found if the settings do not name it."""
+        found = f" ({self.found_by})" if self.found_by else ""
+        return f"{self.host}:{self.port}{found}"
+
+    @property
+    def hint(self) -> str:
+        """How to get it answering."""
+        if self.found_by:
+            return "start that server, or let the sentinels fail over to a replica"
+        return HINTS[self.name]
 
     def reachable(self) -> bool:
         """Whether it accepts a TCP connection now."""
@@ -71,7 +90,9 @@ class Server:
 
     def compose_service(self) -> str | None:
         """The compose service that would answer here, if starting one can help."""
-        return COMPOSE_SERVICES[self.name][0] if self.host in LOCAL_HOSTS else None
+        if self.found_by or self.host not in LOCAL_HOSTS:
+            return None
+        return COMPOSE_SERVICES[self.name][0]
 
     def publish_port(self) -> dict[str, str]:
         """The variable that publishes its compose service on this server's port."""
@@ -85,6 +106,21 @@ def _server(name: str, url: str, default_port: int) -> Server:
     except ValueError:
         raise ConfigError(f"bad port in {parts.scheme} URL") from None
     return Server(name, parts.hostname or "localhost", port)
+
+
+def sentinel_primary(sentinel: RedisSentinel) -> Server | None:
+    """The primary the sentinels name now, or None (said on stderr) when none does."""
+    try:
+        host, port = sentinel.connect(SENTINEL_TIMEOUT).discover_master(sentinel.master)
+    except redis.RedisError as error:
+        say(
+            f"Redis is not reachable: no sentinel of REDIS_SENTINELS ({sentinel.addresses}) "
+            f"names a primary for REDIS_SENTINEL_MASTER {sentinel.master!r} "
+            f"({type(error).__name__}): check that the sentinels run and monitor it"
+        )
+        return None
+    found_by = f"the primary REDIS_SENTINELS name for {sentinel.master!r}"
+    return Server("Redis", str(host), int(port), found_by)
 
 
 def docker_can_start_services() -> bool:
@@ -153,21 +189,25 @@ def _broker(env: Env) -> Server:
 def main() -> int:
     """Check every server ``make run`` needs; start or say how to start any that is down."""
     env = Env()
-    down = [
-        server
-        for server in (_server("Redis", redis_url(env), 6379), _broker(env))
-        if not server.reachable()
-    ]
+    sentinel = redis_sentinel(env)
+    redis_server = (
+        _server("Redis", redis_url(env), 6379) if sentinel is None else sentinel_primary(sentinel)
+    )
+    servers = [_broker(env)]
+    if redis_server is not None:
+        servers.insert(0, redis_server)
+    undiscovered = redis_server is None
+    down = [server for server in servers if not server.reachable()]
     if not down:
-        return 0
+        return 1 if undiscovered else 0
     startable = [server for server in down if server.compose_service() is not None]
     if startable and docker_can_start_services():
         if not start_with_compose(startable):
             return 1
         down = [server for server in down if server not in startable]
     for server in down:
-        say(f"{server.name} is not reachable at {server.where}: {HINTS[server.name]}")
-    return 1 if down else 0
+        say(f"{server.name} is not reachable at {server.where}: {server.hint}")
+    return 1 if down or undiscovered else 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ be refused, while new logins work.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from datetime import timedelta
 
 import jwt
@@ -165,3 +167,27 @@ def test_a_logout_forgets_the_revoked_tokens_that_have_expired(make_app):
         kept = session.scalars(select(RevokedToken.jti)).all()
     assert kept == [jwt.decode(tokens["access_token"], options={"verify_signature": False})["jti"]]
     assert status(client, tokens) == 401
+
+
+def test_checks_that_find_redis_emptied_at_once_refill_it_once(auth, redis_server, caplog):
+    """A failover sends every thread to the refill at once: the first refills, the rest read."""
+    app, client = auth
+    _, dead = revoke_every_way(client)
+    store = app.extensions["revocation"]
+    claims = jwt.decode(dead[0]["access_token"], options={"verify_signature": False})
+    redis.Redis.from_url(redis_server.url).flushall()
+    caplog.clear()
+    answers: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(store.is_revoked(claims))) for _ in range(8)
+    ]
+    with caplog.at_level(logging.WARNING, logger="auth_app.revocation"):
+        # Every thread finds the server unfilled and queues for the refill.
+        with store._refilling:
+            for thread in threads:
+                thread.start()
+            time.sleep(0.5)
+        for thread in threads:
+            thread.join()
+    assert answers == [True] * 8
+    assert caplog.text.count("revocations refilled from the database") == 1

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy.engine import make_url
 
 from common.config import (
     ConfigError,
     Env,
+    RedisSentinel,
     database_url,
     rabbitmq_url,
+    redis_sentinel,
     redis_url,
     split_broker_urls,
 )
@@ -191,3 +195,69 @@ def test_postgres_host_may_list_several_hosts():
     assert (url.password, url.database) == ("s,cret", "user")
     with pytest.raises(ConfigError, match="USER_POSTGRES_HOST: an empty host"):
         database_url(Env({"USER_POSTGRES_HOST": "db1,"}), "USER", "user")
+
+
+SENTINELS = {"REDIS_SENTINELS": "s1:26379, s2:26380,s1:26379", "REDIS_SENTINEL_MASTER": "auth-main"}
+
+
+def test_without_redis_sentinels_redis_is_named_by_url():
+    assert redis_sentinel(Env({"REDIS_URL": "redis://r:6379/0"})) is None
+
+
+def test_redis_sentinels_name_the_sentinels_once_each_and_the_primary():
+    sentinel = redis_sentinel(Env(SENTINELS))
+    assert sentinel == RedisSentinel((("s1", 26379), ("s2", 26380)), "auth-main")
+    assert sentinel.addresses == "s1:26379,s2:26380"
+    assert sentinel.storage_uri() == "redis+sentinel://s1:26379,s2:26380/auth-main"
+
+
+def test_the_data_nodes_take_the_redis_password_and_database_the_sentinels_their_own():
+    env = Env(
+        {
+            **SENTINELS,
+            "AUTH_REDIS_PASSWORD": "node pass/word",
+            "AUTH_REDIS_DB": "2",
+            "REDIS_SENTINEL_PASSWORD": "sentinel-pass",
+            # Not read: the sentinels say where the primary is.
+            "REDIS_URL": "redis://elsewhere:6379/0",
+            "AUTH_REDIS_HOST": "elsewhere",
+        }
+    )
+    sentinel = redis_sentinel(env)
+    assert sentinel is not None
+    assert (sentinel.password, sentinel.db, sentinel.sentinel_password) == (
+        "node pass/word",
+        2,
+        "sentinel-pass",
+    )
+    # Neither password is in the URI the rate limiter is given, nor in a logged repr.
+    assert "pass" not in sentinel.storage_uri()
+    assert "pass" not in repr(sentinel)
+
+
+def test_an_ipv6_sentinel_is_written_in_brackets():
+    sentinel = redis_sentinel(Env({**SENTINELS, "REDIS_SENTINELS": "[::1]:26379,[fd00::7]:1"}))
+    assert sentinel is not None
+    assert sentinel.sentinels == (("::1", 26379), ("fd00::7", 1))
+    assert sentinel.storage_uri() == "redis+sentinel://[::1]:26379,[fd00::7]:1/auth-main"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"REDIS_SENTINELS": "s1:26379"}, "REDIS_SENTINEL_MASTER must name the primary"),
+        ({"REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINEL_MASTER is set but REDIS_SENTINELS"),
+        ({"REDIS_SENTINEL_PASSWORD": "p"}, "REDIS_SENTINEL_PASSWORD is set but REDIS_SENTINELS"),
+        ({**SENTINELS, "REDIS_SENTINELS": "s1"}, "REDIS_SENTINELS entry 's1' is not host:port"),
+        ({**SENTINELS, "REDIS_SENTINELS": "s1:0"}, "REDIS_SENTINELS entry 's1:0' is not"),
+        ({**SENTINELS, "REDIS_SENTINELS": "s1:65536"}, "REDIS_SENTINELS entry 's1:65536'"),
+        ({**SENTINELS, "REDIS_SENTINELS": "redis://s1:26379"}, "REDIS_SENTINELS entry"),
+        ({**SENTINELS, "REDIS_SENTINELS": "s1:26379,::1:26379"}, "entry '::1:26379'"),
+        ({**SENTINELS, "REDIS_SENTINEL_MASTER": "a/b"}, "REDIS_SENTINEL_MASTER must be 1-128"),
+        ({**SENTINELS, "REDIS_SENTINEL_MASTER": "a b"}, "REDIS_SENTINEL_MASTER must be 1-128"),
+        ({**SENTINELS, "AUTH_REDIS_DB": "-1"}, "AUTH_REDIS_DB must be at least 0"),
+    ],
+)
+def test_a_bad_sentinel_setting_names_its_variable(environ, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        redis_sentinel(Env(environ))

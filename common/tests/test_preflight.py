@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.servers import RedisSentinelGroup
+
 
 def closed_port() -> int:
     with socket.socket() as sock:
@@ -193,3 +195,66 @@ def test_a_server_on_another_host_is_not_started_here(fake_docker):
         "Redis is not reachable at redis.invalid:6379: start it with "
         "`docker compose up -d redis` (or `redis-server`), or set REDIS_URL"
     ]
+
+
+# -- Redis behind Sentinel: the primary the sentinels name is the Redis to check ------
+
+
+@pytest.fixture
+def sentinels(tmp_path):
+    """One primary and one sentinel; the primary is marked down only after a minute."""
+    group = RedisSentinelGroup(tmp_path, replicas=0, sentinels=1, quorum=1, down_after_ms=60_000)
+    group.start()
+    yield group
+    group.stop()
+
+
+def test_passes_silently_when_the_sentinels_name_a_primary_that_answers(sentinels):
+    result = preflight(**sentinels.environment(), RABBITMQ_HOST="127.0.0.1")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_names_the_primary_the_sentinels_name_when_it_does_not_answer(sentinels, fake_docker):
+    port = sentinels.primary().port
+    sentinels.primary().kill()
+    result = preflight(
+        fake_docker["path"],
+        **sentinels.environment(),
+        RABBITMQ_HOST="127.0.0.1",
+        DOCKER_CALLS=fake_docker["DOCKER_CALLS"],
+    )
+    assert result.returncode == 1
+    # Nothing is started: the sentinels, not compose, decide where Redis is.
+    assert calls(fake_docker) == []
+    assert result.stderr.strip().splitlines() == [
+        f"Redis is not reachable at 127.0.0.1:{port} (the primary REDIS_SENTINELS name for "
+        "'authsvc'): start that server, or let the sentinels fail over to a replica"
+    ]
+
+
+def test_says_so_when_no_sentinel_answers(fake_docker):
+    first, second = closed_port(), closed_port()
+    result = preflight(
+        fake_docker["path"],
+        REDIS_SENTINELS=f"127.0.0.1:{first},127.0.0.1:{second}",
+        REDIS_SENTINEL_MASTER="authsvc",
+        RABBITMQ_HOST="127.0.0.1",
+        DOCKER_CALLS=fake_docker["DOCKER_CALLS"],
+    )
+    assert result.returncode == 1
+    assert calls(fake_docker) == []
+    assert result.stderr.strip().splitlines() == [
+        f"Redis is not reachable: no sentinel of REDIS_SENTINELS (127.0.0.1:{first},"
+        f"127.0.0.1:{second}) names a primary for REDIS_SENTINEL_MASTER 'authsvc' "
+        "(MasterNotFoundError): check that the sentinels run and monitor it"
+    ]
+
+
+def test_a_bad_sentinel_variable_stops_it_with_one_line():
+    result = preflight(REDIS_SENTINELS="sentinel-1:26379", RABBITMQ_HOST="127.0.0.1")
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        "configuration error: REDIS_SENTINEL_MASTER must name the primary the sentinels "
+        "monitor (REDIS_SENTINELS is set)"
+    )
