@@ -8,7 +8,8 @@
 - **Rotation** (:func:`rotate`) retires the active key and adds a new one in one
   transaction; the partial unique index on ``active`` refuses a second active
   key, so of two rotations at once the later one fails and is run again
-  (:class:`ConcurrentChange`). :func:`generate` makes the first key.
+  (:class:`ConcurrentChange`). :func:`generate` makes the first key: ``keys
+  generate`` runs it, and so does the first node to start on an empty store.
 - **Every node the same keys**: each process's :class:`DatabaseKeyRing` asks
   ``SELECT max(id)`` at most every ``KEY_CHECK_INTERVAL_SECONDS`` and reloads
   when a rotation added a row. A new key is published at once but signs only
@@ -260,13 +261,35 @@ class DatabaseKeyRing:
 
     # -- loading -------------------------------------------------------------
     def load(self) -> None:
-        """Read the keys now. ConfigError when there is none or they do not open."""
+        """Read the keys now; on an empty store, make the first one (as ``keys generate`` does).
+
+        Every node may do so at once: the store keeps one. ConfigError when
+        the keys do not open under this node's KEY_ENCRYPTION_KEY.
+        """
         with self._lock:
-            self._loaded = self._read()
+            self._loaded = self._read_or_make_first()
             self._checked = time.monotonic()
 
+    def _read_or_make_first(self) -> _Loaded:
+        try:
+            return self._read()
+        except NoSigningKey:
+            with self._sessions() as session:
+                try:
+                    kid, made = commit_with_retry(session, lambda s: generate(s, self._sealer))
+                except SealedKeyError as error:
+                    raise self._unopened(error) from None
+            if made:
+                log.info("the key store was empty: made the first signing key %s", kid)
+            return self._read()
+
+    def _unopened(self, error: SealedKeyError) -> ConfigError:
+        return ConfigError(
+            f"KEY_ENCRYPTION_KEY: {error}; every auth node needs the one that sealed it"
+        )
+
     def load_at_start(self) -> None:
-        """Read the keys as a process starts, so a wrong key or an empty store stops it.
+        """Read the keys as a process starts (see :meth:`load`), so a wrong key stops it.
 
         A database that cannot be reached yet does not: the keys are read on
         first use instead. A store without its table is a configuration error.
@@ -285,9 +308,7 @@ class DatabaseKeyRing:
         with self._sessions() as session:
             rows = session.scalars(select(SigningKey).order_by(SigningKey.id)).all()
         if not any(row.active for row in rows):
-            raise ConfigError(
-                f"KEY_STORE=database: no signing key in the auth database; {GENERATE_HINT}"
-            )
+            raise NoSigningKey(f"no signing key in the auth database; {GENERATE_HINT}")
         now = time.time()
         keys = []
         for row in rows:
@@ -301,9 +322,7 @@ class DatabaseKeyRing:
                 try:
                     private = self._sealer.open(row.kid, row.private_key)
                 except SealedKeyError as error:
-                    raise ConfigError(
-                        f"KEY_ENCRYPTION_KEY: {error}; every auth node needs the one that sealed it"
-                    ) from None
+                    raise self._unopened(error) from None
             keys.append(
                 _Key(
                     kid=row.kid,
@@ -336,10 +355,10 @@ class DatabaseKeyRing:
                         return
                 self._loaded = self._read()
                 log.info("signing keys reloaded: %d keys", len(self._loaded.keys))
-            except (ConfigError, SQLAlchemyError) as error:
+            except (ConfigError, NoSigningKey, SQLAlchemyError) as error:
                 log.warning(
                     "signing key check failed, keeping the loaded keys: %s",
-                    error if isinstance(error, ConfigError) else type(error).__name__,
+                    type(error).__name__ if isinstance(error, SQLAlchemyError) else error,
                 )
 
     def _keys(self) -> tuple[_Key, ...]:
@@ -348,7 +367,7 @@ class DatabaseKeyRing:
             # First use (nothing read at start): every thread waits for the one read.
             with self._lock:
                 if self._loaded is None:
-                    self._loaded = self._read()
+                    self._loaded = self._read_or_make_first()
                     self._checked = time.monotonic()
                 loaded = self._loaded
         else:

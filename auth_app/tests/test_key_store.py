@@ -226,9 +226,19 @@ def test_the_sealer_never_shows_its_key():
 
 
 # -- the rings of the nodes -----------------------------------------------------------
-def test_an_empty_store_says_how_to_make_a_key(sessions):
-    with pytest.raises(ConfigError, match="no signing key in the auth database; run `flask"):
-        ring(sessions).load()
+def test_nodes_starting_on_an_empty_store_make_one_first_key(sessions):
+    nodes = [ring(sessions), ring(sessions)]
+    for node in nodes:
+        node.load()
+    [row] = rows(sessions)
+    assert [signed_kid(node) for node in nodes] == [row.kid, row.kid]
+
+
+def test_a_node_with_another_key_encryption_key_does_not_make_a_key_of_its_own(sessions):
+    kid = make_first_key(sessions)
+    with pytest.raises(ConfigError, match="^KEY_ENCRYPTION_KEY"):
+        ring(sessions, OTHER_SEALER).load()
+    assert [row.kid for row in rows(sessions)] == [kid]
 
 
 def test_a_ring_signs_with_the_active_key_and_publishes_it(sessions):

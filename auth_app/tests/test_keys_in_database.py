@@ -110,13 +110,12 @@ def test_keys_commands_on_an_unmigrated_database_say_how_to_migrate(runner, make
     assert "alembic -n auth upgrade head" in result.output
 
 
-def test_a_web_process_on_an_empty_store_stops_saying_how_to_make_a_key(make_app, store, capsys):
-    with pytest.raises(SystemExit):
-        make_app(**store)
-    assert capsys.readouterr().err == (
-        "configuration error: KEY_STORE=database: no signing key in the auth database; "
-        "run `flask --app auth_app keys generate`\n"
-    )
+def test_the_first_node_on_an_empty_store_makes_the_key_the_next_one_shares(make_app, store):
+    first = make_app(**store)
+    [(kid, _)] = stored_keys(store)
+    assert published(first) == [kid]
+    assert published(make_app(**store)) == [kid]
+    assert stored_keys(store) == [(kid, True)]
 
 
 def test_a_web_process_with_another_key_encryption_key_stops_with_one_line(
