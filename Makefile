@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 APPS   := common auth_app user_app workers tests
 RUN_PROCESSES ?= $(shell grep -oE "^[a-z0-9_-]+:" Procfile | tr -d : | grep -vxE "release|web")
 
-.PHONY: run test venv keys migrate preflight lint bench audit clean k8s-dev-keys
+.PHONY: run test venv keys migrate preflight lint bench audit clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -68,15 +68,6 @@ bench: $(STAMP)
 # being skipped, so an unreachable database never reads as "no vulnerabilities".
 audit: $(STAMP)
 	$(BIN)/pip-audit -r requirements.lock --no-deps --disable-pip --strict
-
-# The development Kubernetes overlay's signing key pair, where its
-# secretGenerator reads it (git ignores the folder's contents; README, Kubernetes).
-K8S_DEV_SECRETS := deploy/kubernetes/overlays/development/secrets
-k8s-dev-keys: export APP_ENV = development
-k8s-dev-keys: $(STAMP)
-	mkdir -p $(K8S_DEV_SECRETS)
-	PRIVATE_KEY_PATH=$(K8S_DEV_SECRETS)/jwt-private.pem PUBLIC_KEY_PATH=$(K8S_DEV_SECRETS)/jwt-public.pem \
-		$(BIN)/flask --app auth_app keys generate
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

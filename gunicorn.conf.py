@@ -94,7 +94,9 @@ def on_starting(server):
 
     A bad or missing setting or key then stops gunicorn with the app's
     one-line message, instead of every worker failing on its own. Building
-    the app opens no connection, so nothing is shared across the fork.
+    the app opens no connection, except the one that reads the signing keys
+    under KEY_STORE=database (so a wrong KEY_ENCRYPTION_KEY stops it here too),
+    which the dispose below closes: nothing is shared across the fork.
     With METRICS_ENABLED (the default), the metrics directory is made first.
     """
     import importlib

@@ -8,6 +8,8 @@ exit.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -39,6 +41,16 @@ DEFAULT_CLIENT_ID = "auth_app"
 DEFAULT_MAIL_FROM = "authsvc <no-reply@localhost>"
 DEFAULT_FRONTEND_URL = "http://localhost:3000"
 EMAIL_VERIFICATION_MODES = ("off", "optional", "required")
+#: ``KEY_STORE``: signing keys in files or PEM variables (one node), or in the auth database.
+KEY_STORES = ("file", "database")
+KEY_ENCRYPTION_KEY_BYTES = 32
+KEY_ENCRYPTION_KEY_HINT = (
+    f"{KEY_ENCRYPTION_KEY_BYTES} random bytes in base64 or base64url, "
+    "such as `openssl rand -base64 32` prints"
+)
+#: How much later than every node's next key check a rotated-in key starts signing:
+#: room for the rotating host's clock to run behind the nodes' by that much.
+KEY_ACTIVATION_MARGIN_SECONDS = 3.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +67,13 @@ class AuthSettings(WebSettings):
     public_key_path: Path | None = Path("keys/public.pem")
     jwt_private_key: str | None = field(default=None, repr=False)
     jwt_public_key: str | None = None
+    #: ``KEY_STORE``: ``file`` (the paths or PEM variables above) or ``database``.
+    key_store: str = "file"
+    #: ``KEY_ENCRYPTION_KEY``: seals the private keys of the database key store.
+    key_encryption_key: str = field(default="", repr=False)
+    #: ``KEY_CHECK_INTERVAL_SECONDS``: how often a process asks the database key store
+    #: whether the keys changed (one indexed ``SELECT max(id)``).
+    key_check_interval_seconds: float = 2.0
     jwt_client_id: str = DEFAULT_CLIENT_ID
     refresh_token_expire_days: int = 30
     refresh_reuse_grace_seconds: int = 10
@@ -95,6 +114,11 @@ class AuthSettings(WebSettings):
     reset_token_ttl: timedelta = field(init=False)
     #: How long an email verification or email change link works.
     verify_token_ttl: timedelta = field(init=False)
+    #: The 32 bytes of ``KEY_ENCRYPTION_KEY`` (``None`` when it is not set).
+    key_sealing_key: bytes | None = field(init=False, repr=False)
+    #: Seconds from a key's creation in the database store to its first signature:
+    #: by then every node has read it and publishes it.
+    key_activation_seconds: float = field(init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -105,6 +129,11 @@ class AuthSettings(WebSettings):
         self._derive("reset_token_ttl", timedelta(minutes=self.reset_token_ttl_minutes))
         self._derive("verify_token_ttl", timedelta(hours=self.verify_token_ttl_hours))
         self._derive("frontend_url", checked_frontend_url(self.frontend_url))
+        self._derive("key_sealing_key", checked_key_store(self))
+        self._derive(
+            "key_activation_seconds",
+            self.key_check_interval_seconds + KEY_ACTIVATION_MARGIN_SECONDS,
+        )
 
 
 def checked_pepper(pepper: str, app_env: str) -> str:
@@ -127,6 +156,57 @@ def checked_pepper(pepper: str, app_env: str) -> str:
         "PASSWORD_PEPPER is the public development pepper; set a secret of its own "
         f"(APP_ENV is {app_env!r}; the development pepper needs APP_ENV=development)"
     )
+
+
+def key_encryption_key(value: str) -> bytes:
+    """The bytes of a ``KEY_ENCRYPTION_KEY``: 32, in base64 or base64url, padded or not.
+
+    The error never quotes the value: it is a secret.
+    """
+    text = value.strip()
+    standard = text.replace("-", "+").replace("_", "/")
+    try:
+        raw = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != KEY_ENCRYPTION_KEY_BYTES:
+        raise ConfigError(f"KEY_ENCRYPTION_KEY must be {KEY_ENCRYPTION_KEY_HINT}")
+    return raw
+
+
+def checked_key_store(settings: AuthSettings) -> bytes | None:
+    """The key encryption key's bytes, once the key store settings agree with each other.
+
+    ``KEY_STORE=database`` needs ``KEY_ENCRYPTION_KEY`` and excludes
+    ``JWT_PRIVATE_KEY`` (two sources of the signing key would leave it unclear
+    which one signs). A malformed ``KEY_ENCRYPTION_KEY`` is refused whatever the
+    store, like any other bad value.
+    """
+    if settings.key_store not in KEY_STORES:
+        raise ConfigError(
+            f"KEY_STORE must be one of {', '.join(KEY_STORES)}, got {settings.key_store!r}"
+        )
+    if not 0.1 <= settings.key_check_interval_seconds <= 60:
+        raise ConfigError(
+            "KEY_CHECK_INTERVAL_SECONDS must be between 0.1 and 60, "
+            f"got {settings.key_check_interval_seconds}"
+        )
+    sealing_key = (
+        key_encryption_key(settings.key_encryption_key) if settings.key_encryption_key else None
+    )
+    if settings.key_store != "database":
+        return sealing_key
+    if sealing_key is None:
+        raise ConfigError(
+            "KEY_ENCRYPTION_KEY must be set with KEY_STORE=database "
+            f"(it encrypts the signing keys in the auth database): {KEY_ENCRYPTION_KEY_HINT}"
+        )
+    if settings.jwt_private_key:
+        raise ConfigError(
+            "JWT_PRIVATE_KEY is set, but KEY_STORE=database keeps the signing keys in the "
+            "auth database: unset one of them"
+        )
+    return sealing_key
 
 
 def checked_frontend_url(url: str) -> str:
@@ -211,6 +291,9 @@ def load_settings(
         public_key_path=Path(env.str("PUBLIC_KEY_PATH", "keys/public.pem")),
         jwt_private_key=env.str("JWT_PRIVATE_KEY"),
         jwt_public_key=env.str("JWT_PUBLIC_KEY"),
+        key_store=env.choice("KEY_STORE", "file", KEY_STORES),
+        key_encryption_key=env.str("KEY_ENCRYPTION_KEY", ""),
+        key_check_interval_seconds=env.float("KEY_CHECK_INTERVAL_SECONDS", 2.0, minimum=0.1),
         jwt_client_id=env.str("JWT_CLIENT_ID", DEFAULT_CLIENT_ID),
         refresh_token_expire_days=env.int("REFRESH_TOKEN_EXPIRE_DAYS", 30, minimum=1),
         refresh_reuse_grace_seconds=env.int(

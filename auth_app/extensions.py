@@ -1,8 +1,9 @@
 """What an auth app makes once and every request shares, attached by :func:`init_app`.
 
 The database, the Redis client and the stores on it (revocations, the login
-throttle per account and address), the password hasher, the signing keys and
-the token issuer live in ``app.extensions``; the functions below hand the
+throttle per account and address), the password hasher, the signing keys (key
+files or PEM variables, or the database key store) and the token issuer live
+in ``app.extensions``; the functions below hand the
 current app's to views, the CLI and the access check. The per-address rate
 limiter is flask-limiter's, one per process (flask-limiter keeps one app's
 storage and switches; a process serves one app), so views can name it in
@@ -23,6 +24,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from auth_app.access import AccessCheck
 from auth_app.config import AuthSettings
 from auth_app.introspection import IntrospectionClients
+from auth_app.key_store import DatabaseKeyRing, KeySealer
 from auth_app.login_throttle import LoginThrottle
 from auth_app.mfa import MfaKeys
 from auth_app.models import Base
@@ -34,7 +36,7 @@ from common.auth import BearerAuth
 from common.config import ConfigError
 from common.flask_db import Database
 from common.http_metrics import install_metrics
-from common.keys import KeyRing
+from common.keys import KeyRing, SigningKeys
 from common.metrics import AuthRecorder
 from common.tokens import TokenVerifier
 from common.web import ServiceApi, client_address
@@ -84,13 +86,32 @@ def signing_keys(settings: AuthSettings) -> KeyRing:
     )
 
 
-def _keys_for(settings: AuthSettings) -> KeyRing:
+def database_signing_keys(settings: AuthSettings, database: Database) -> DatabaseKeyRing:
+    """The key ring of ``KEY_STORE=database``: the keys every auth node shares, unread yet."""
+    assert settings.key_sealing_key is not None  # the settings refuse the store without it
+    return DatabaseKeyRing(
+        database.sessionmaker,
+        KeySealer(settings.key_sealing_key),
+        retain_seconds=settings.key_retention_seconds,
+        activation_seconds=settings.key_activation_seconds,
+        check_interval=settings.key_check_interval_seconds,
+    )
+
+
+def _keys_for(settings: AuthSettings, database: Database) -> SigningKeys:
+    # Under the flask CLI the keys may not exist yet (`keys generate` makes
+    # them): they are read on first use. A web process, with no click context,
+    # reads them at once and stops if it cannot use them.
+    under_cli = click.get_current_context(silent=True) is not None
+    if settings.key_store == "database":
+        ring = database_signing_keys(settings, database)
+        if not under_cli:
+            ring.load_at_start()
+        return ring
     try:
         return signing_keys(settings)
     except ConfigError:
-        # Under the flask CLI the keys may not exist yet (`keys generate` makes
-        # them); a web process, with no click context, stops at once instead.
-        if click.get_current_context(silent=True) is None:
+        if not under_cli:
             raise
         return cast(KeyRing, _DeferredKeyRing(settings))
 
@@ -100,7 +121,7 @@ def init_app(app: Flask, api: ServiceApi, settings: AuthSettings) -> None:
     app.extensions["settings"] = settings
     database = Database.from_url(settings.database_url)
     database.init_app(app, create_schema=Base if settings.create_schema else None)
-    keys = _keys_for(settings)
+    keys = _keys_for(settings, database)
     revocation = RevocationStore.connect(settings, database.sessionmaker)
     client = revocation.client
     app.extensions["redis"] = client

@@ -1,12 +1,24 @@
 """The auth service's tables: users, refresh-token session families, one-time account
-tokens, the mail queue, outbox, processed messages."""
+tokens, the mail queue, outbox, processed messages, and the signing keys of
+``KEY_STORE=database``."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from common.db import UTCDateTime, new_metadata, utcnow
@@ -243,6 +255,43 @@ class Mail(Base):
     last_error: Mapped[str | None] = mapped_column(String(200))
     # The id of the request that wrote it: the mailer's log lines about it carry it too.
     correlation_id: Mapped[str | None] = mapped_column(String(128))
+
+
+class SigningKey(Base):
+    """An RS256 key pair of the database key store, shared by every auth node.
+
+    The public half is kept in clear (PEM); the private half sealed with AES-GCM
+    under ``KEY_ENCRYPTION_KEY``, bound to the kid. ``active`` marks the key the
+    last rotation made; the partial unique index lets at most one row hold it,
+    so two rotations at once cannot leave two, and the check keeps it in step
+    with ``retired_at``, set when a rotation replaced the key. Every rotation
+    adds a row, so ``max(id)`` is the store's version: what the nodes poll.
+    """
+
+    __tablename__ = "signing_keys"
+    __table_args__ = (
+        Index(
+            "uq_signing_keys_one_active",
+            "active",
+            unique=True,
+            postgresql_where=text("active"),
+            sqlite_where=text("active"),
+        ),
+        CheckConstraint(
+            "(active AND retired_at IS NULL) OR (NOT active AND retired_at IS NOT NULL)",
+            name="active_until_retired",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigKey, primary_key=True, autoincrement=True)
+    # The RFC 7638 thumbprint of the public key: the tokens' `kid`.
+    kid: Mapped[str] = mapped_column(String(64), unique=True)
+    public_key: Mapped[str] = mapped_column(Text)
+    # base64 of the nonce and the AES-GCM ciphertext of the PKCS #8 DER private key.
+    private_key: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class OutboxEvent(OutboxMixin, Base):

@@ -27,7 +27,7 @@ from auth_app.models import LoginSession, User
 from auth_app.revocation import RevocationStore, issued_at
 from auth_app.security_events import EventType, record
 from common.db import utcnow
-from common.keys import KeyRing
+from common.keys import SigningKeys
 from common.tokens import ACCESS_TOKEN_TYPE, ALGORITHM
 
 log = logging.getLogger("auth_app.tokens")
@@ -43,9 +43,9 @@ class NotYourRefreshToken(Exception):
 
 @dataclass(frozen=True)
 class TokenIssuer:
-    """Signs access tokens with the key ring's active key and hands out token pairs."""
+    """Signs access tokens with the active signing key and hands out token pairs."""
 
-    keys: KeyRing
+    keys: SigningKeys
     revocation: RevocationStore
     settings: AuthSettings
 

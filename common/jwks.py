@@ -1,12 +1,17 @@
 """A key set fetched from the auth service's JWKS endpoint, for services without key files.
 
 PyJWT's ``PyJWKClient`` does the caching: the key set is kept for ``max_age``
-(its ``lifespan``), an unknown kid (the auth service rotated its key) forces
-one refetch at most once per ``cooldown`` (its ``cooldown_duration``), and its
-lock makes concurrent misses wait for one fetch instead of each making their
-own (every lookup waits while a fetch is under way, bounded by ``timeout``).
-Nothing is fetched before first use, so this service starts even while the
-auth service is down.
+(its ``lifespan``), and its lock makes concurrent misses wait for one fetch
+instead of each making their own (every lookup waits while a fetch is under
+way, bounded by ``timeout``). Nothing is fetched before first use, so this
+service starts even while the auth service is down.
+
+An unknown kid (the auth service rotated its key) forces one refetch, unless
+another unknown kid forced one within ``cooldown``. PyJWKClient starts that
+cooldown at every fetch, the first and the hourly ones included, so a key
+rotated in within a minute of either would be refused for the rest of it:
+here only a refetch for an unknown kid starts it, which still holds a flood of
+made-up kids to one fetch per cooldown.
 
 ``JWKSKeySet`` adds what PyJWKClient lacks: a bounded response, only RSA keys
 of at least 2048 bits for RS256 signatures, and the last good key set kept
@@ -28,7 +33,7 @@ import urllib.request
 from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt import PyJWKClient, PyJWKClientError, PyJWKSet, PyJWTError
+from jwt import PyJWK, PyJWKClient, PyJWKClientError, PyJWKSet, PyJWTError
 from jwt.algorithms import RSAAlgorithm
 
 log = logging.getLogger(__name__)
@@ -95,7 +100,8 @@ class JWKSKeySet(PyJWKClient):
     """The KeySet (``get(kid)``) of a remote JWKS: a PyJWKClient that keeps its last good keys.
 
     ``cooldown`` is the least time between two fetches triggered by unknown
-    kids, and between a failed fetch and the next attempt; ``max_age`` the age
+    kids (a routine fetch does not count), and between a failed fetch and the
+    next attempt; ``max_age`` the age
     after which even a known kid triggers one (so a key the auth service
     withdrew stops being trusted). Raises ValueError for a URL that is not
     http(s) or a cooldown or max_age PyJWKClient refuses.
@@ -125,6 +131,8 @@ class JWKSKeySet(PyJWKClient):
         except PyJWKClientError as error:
             raise ValueError(str(error)) from None
         self.max_bytes = max_bytes
+        self._fetches = 0
+        self._refetched_at: float | None = None
         self._last_good: PyJWKSet | None = None
         self._failed_at: float | None = None
         self._state_lock = threading.Lock()
@@ -143,15 +151,38 @@ class JWKSKeySet(PyJWKClient):
         # fetch_data only ever hands PyJWKClient RSA keys.
         return cast(rsa.RSAPublicKey, key)
 
+    def get_signing_key(self, kid: str) -> PyJWK:
+        """The key for ``kid``; one refetch if it is unknown (see the cooldown above).
+
+        No refetch when this very lookup fetched the set (a first use, a stale
+        set): it is as new as a refetch would be. Raises PyJWKClientError when
+        the kid is still unknown.
+        """
+        with self._client_lock:
+            fetches = self._fetches
+            key = self.match_kid(self.get_signing_keys(), kid)
+            if key is None and self._fetches == fetches and self._may_refetch():
+                self._refetched_at = time.monotonic()
+                key = self.match_kid(self.get_signing_keys(refresh=True), kid)
+            if key is None:
+                raise PyJWKClientError(f"no signing key with kid {kid!r}")
+            return key
+
+    def _may_refetch(self) -> bool:
+        return (
+            self._refetched_at is None
+            or time.monotonic() - self._refetched_at >= self.cooldown_duration
+        )
+
     def get_jwk_set(self, refresh: bool = False) -> PyJWKSet:
         """The cached key set, refetched when stale or ``refresh``; the last good one if that fails.
 
         Raises JWKSError when no fetch has succeeded yet.
         """
         with self._state_lock:
-            # PyJWKClient's cooldown starts only on a successful fetch, and an
-            # expired set is refetched on every call: without this, a down auth
-            # service would be asked once per request.
+            # A failed fetch starts no refetch cooldown, and PyJWKClient fetches
+            # an expired set on every call: without this, a down auth service
+            # would be asked once per request.
             waiting = (
                 self._failed_at is not None
                 and time.monotonic() - self._failed_at < self.cooldown_duration
@@ -191,9 +222,7 @@ class JWKSKeySet(PyJWKClient):
         if len(body) > self.max_bytes:
             raise JWKSError(f"JWKS larger than {self.max_bytes} bytes")
         keys = parse_jwks(body)
-        # PyJWKClient.fetch_data starts the refetch cooldown; its replacement must
-        # too, or the first unknown kid after the first fetch fetches again at once.
-        self._last_successful_fetch = time.monotonic()
+        self._fetches += 1
         log.info("JWKS fetched from %s: %d keys", self.uri, len(keys))
         # PyJWKClient builds and caches its key set from what this returns: only
         # the vetted keys, with nothing else their JWKs carried.

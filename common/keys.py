@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -155,6 +156,19 @@ def _read(path: Path, variable: str, hint: str) -> bytes:
         raise ConfigError(f"{variable}: no such file {path}{hint}") from None
     except OSError as error:
         raise ConfigError(f"{variable}: cannot read {path}: {error.strerror}") from None
+
+
+class SigningKeys(Protocol):
+    """What an issuer signs with and publishes: a KeyRing, or the auth database's key store."""
+
+    def signing_key(self) -> tuple[str, rsa.RSAPrivateKey]:  # pragma: no cover - protocol
+        """``(kid, private key)`` to sign with now."""
+
+    def get(self, kid: str) -> rsa.RSAPublicKey | None:  # pragma: no cover - protocol
+        """The public key with this kid, if it may still verify live tokens."""
+
+    def jwks(self) -> dict:  # pragma: no cover - protocol
+        """The RFC 7517 key set of every key whose tokens may still be alive."""
 
 
 @dataclass

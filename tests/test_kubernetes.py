@@ -11,7 +11,7 @@ runs as a Deployment with the Procfile's command, the release line as a
 Job, probes, autoscalers and disruption budgets are where they belong, every
 container is locked down, no secret value is committed, and the
 NetworkPolicies let each process reach what the compose networks let it
-reach and nothing more.
+reach and nothing more, but the user app the auth app's JWKS.
 
 kubectl must be installed (kustomize v5 inside, kubectl 1.27 or newer): a
 missing or older one fails these tests with how to install it.
@@ -102,6 +102,7 @@ SECRET_VARIABLES = {
     "REDIS_URL",
     "RABBITMQ_URL",
     "PASSWORD_PEPPER",
+    "KEY_ENCRYPTION_KEY",
     "JWT_PRIVATE_KEY",
     "JWT_PUBLIC_KEY",
     "INTROSPECTION_CLIENTS",
@@ -110,6 +111,7 @@ SECRET_VARIABLES = {
 # Test values for what the production examples leave empty on purpose.
 TEST_SECRET_VALUES = {
     "PASSWORD_PEPPER": "a-pepper-of-this-test-deployment",
+    "KEY_ENCRYPTION_KEY": base64.b64encode(b"the key encryption key of tests!").decode(),
     "INTROSPECTION_CLIENTS": "resource-server:its-test-secret",
 }
 
@@ -196,15 +198,12 @@ def env_lines(path: Path) -> list[tuple[str, str]]:
 
 
 def write_test_secrets(overlay: Path, *, edited: bool = True) -> None:
-    """The files an operator writes under ``secrets/``: a key pair, and each example filled in.
+    """The files an operator writes under ``secrets/``: each example, filled in.
 
     ``edited=False`` copies the examples as they are, as a careless operator would.
     """
-    from common.keys import generate_key_pair
-
     secrets = overlay / "secrets"
     secrets.mkdir(exist_ok=True)
-    generate_key_pair(secrets / "jwt-private.pem", secrets / "jwt-public.pem")
     for example in secrets.glob("*.example"):
         lines = []
         for key, value in env_lines(example):
@@ -809,7 +808,6 @@ def test_every_process_accepts_the_environment_its_pod_gets(objects):
     # A bad value would stop the container at start with a configuration error.
     from auth_app.config import load_settings as auth_settings
     from common.config import Env, database_url
-    from common.keys import load_private_key, load_public_key
     from user_app.config import load_settings as user_settings
     from workers.mailer import MailerSettings
     from workers.settings import BrokerSettings
@@ -827,10 +825,13 @@ def test_every_process_accepts_the_environment_its_pod_gets(objects):
     assert database_url(Env(envs[RELEASE]), "USER", "user").startswith("postgresql://")
     for process in ("auth_relay", "auth_worker", "user_relay", "user_worker"):
         assert BrokerSettings.from_env(Env(envs[process])).url.startswith("amqp://"), process
-    # The user service trusts the key the auth service signs with.
-    private = load_private_key(envs["auth"]["JWT_PRIVATE_KEY"].encode(), "JWT_PRIVATE_KEY")
-    public = load_public_key(user.jwt_public_key.encode(), "JWT_PUBLIC_KEY")
-    assert private.public_key().public_numbers() == public.public_numbers()
+    # Every auth replica signs with the keys in the auth database, and the user
+    # service follows them through the auth Service's JWKS.
+    auth = auth_settings(environ=envs["auth"])
+    assert auth.key_store == "database" and auth.key_sealing_key is not None
+    service = of_kind(objects, "Service")["auth"]
+    assert [port["port"] for port in service["spec"]["ports"]] == [80]
+    assert user.auth_jwks_url == "http://auth/.well-known/jwks.json"
 
 
 def test_an_unedited_copy_of_the_production_examples_refuses_to_start(kubectl, tmp_path):
@@ -845,6 +846,11 @@ def test_an_unedited_copy_of_the_production_examples_refuses_to_start(kubectl, t
         with pytest.raises(ConfigError, match="^PASSWORD_PEPPER must be set"):
             auth_settings(environ=environ)
         assert ".invalid" in environ["AUTH_DATABASE_URL"]
+    # The web app signs: with a pepper given, the empty key encryption key stops it too.
+    environ = resolved_env(objects, container(pod_templates(objects)["auth"]))
+    environ["PASSWORD_PEPPER"] = TEST_SECRET_VALUES["PASSWORD_PEPPER"]
+    with pytest.raises(ConfigError, match="^KEY_ENCRYPTION_KEY must be set"):
+        auth_settings(environ=environ)
 
 
 def test_development_runs_on_the_public_development_pepper_only_as_development(rendered):
@@ -1147,14 +1153,19 @@ def test_every_process_resolves_names(reach, objects):
     assert reach["dns"] == set(pod_templates(objects))
 
 
-def test_no_process_reaches_another_process(objects, policies):
+# The one connection between processes: the user app fetches the auth app's JWKS.
+BETWEEN_PROCESSES = {("user", "auth", WEB_APPS["auth"])}
+
+
+def test_no_process_reaches_another_but_the_user_app_the_auth_apps_jwks(objects, policies):
     everyone = pods(objects)
     for source, pod in everyone.items():
         for target, other in everyone.items():
             for port in other.port_names.values():
                 if source != target:
                     destination = replace(other, port=port)
-                    assert not reaches(policies, pod, destination), (source, target, port)
+                    expected = (source, target, port) in BETWEEN_PROCESSES
+                    assert reaches(policies, pod, destination) == expected, (source, target, port)
 
 
 def test_clients_reach_the_web_apps_and_only_prometheus_the_metrics_ports(

@@ -201,18 +201,53 @@ def test_concurrent_misses_coalesce_into_one_fetch(signer, jwks_server):
     assert all(key is not None for key in found)
 
 
+def test_a_key_rotated_in_just_after_the_first_fetch_is_fetched_at_once(
+    signer, rotated_signer, jwks_server, clock
+):
+    jwks_server.serve(signer)
+    keys = JWKSKeySet(jwks_server.url, cooldown=60, timeout=2)
+    assert keys.get(signer.kid) is not None
+    jwks_server.serve(rotated_signer, signer)
+    clock.now += 1
+    # The first fetch starts no cooldown: only a refetch for an unknown kid does.
+    assert keys.get(rotated_signer.kid) is not None
+    assert jwks_server.requests == 2
+
+
+def test_a_key_rotated_in_just_after_the_hourly_refresh_is_fetched_at_once(
+    signer, rotated_signer, jwks_server, clock
+):
+    jwks_server.serve(signer)
+    keys = JWKSKeySet(jwks_server.url, cooldown=60, timeout=2, max_age=300)
+    assert keys.get(signer.kid) is not None
+    clock.now += 301
+    assert keys.get(signer.kid) is not None  # the stale set is fetched again
+    jwks_server.serve(rotated_signer, signer)
+    assert keys.get(rotated_signer.kid) is not None
+    assert jwks_server.requests == 3
+
+
+def test_an_unknown_kid_met_on_first_use_fetches_once(signer, jwks_server):
+    jwks_server.serve(signer)
+    keys = JWKSKeySet(jwks_server.url, cooldown=60, timeout=2)
+    assert keys.get("made-up") is None
+    assert jwks_server.requests == 1
+
+
 def test_after_the_cooldown_an_unknown_kid_may_fetch_again(
     signer, rotated_signer, jwks_server, clock
 ):
     jwks_server.serve(signer)
     keys = JWKSKeySet(jwks_server.url, cooldown=60, timeout=2)
     assert keys.get(signer.kid) is not None
+    assert keys.get("made-up") is None  # a refetch, which starts the cooldown
+    assert jwks_server.requests == 2
     jwks_server.serve(rotated_signer)
     assert keys.get(rotated_signer.kid) is None  # within the cooldown: no fetch
-    assert jwks_server.requests == 1
+    assert jwks_server.requests == 2
     clock.now += 61
     assert keys.get(rotated_signer.kid) is not None
-    assert jwks_server.requests == 2
+    assert jwks_server.requests == 3
 
 
 def test_a_stale_key_set_is_refreshed_and_a_withdrawn_key_dropped(
