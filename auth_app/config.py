@@ -44,6 +44,9 @@ EMAIL_VERIFICATION_MODES = ("off", "optional", "required")
 #: ``KEY_STORE``: signing keys in files or PEM variables (one node), or in the auth database.
 KEY_STORES = ("file", "database")
 KEY_ENCRYPTION_KEY_BYTES = 32
+# The development Kubernetes overlay's key encryption key: public, so refused,
+# like the development pepper, anywhere but APP_ENV=development.
+DEV_KEY_ENCRYPTION_KEY = base64.b64decode("YXV0aHN2YyBkZXZlbG9wbWVudCBrZXk7IHB1YmxpYyE=")
 KEY_ENCRYPTION_KEY_HINT = (
     f"{KEY_ENCRYPTION_KEY_BYTES} random bytes in base64 or base64url, "
     "such as `openssl rand -base64 32` prints"
@@ -194,6 +197,11 @@ def checked_key_store(settings: AuthSettings) -> bytes | None:
     sealing_key = (
         key_encryption_key(settings.key_encryption_key) if settings.key_encryption_key else None
     )
+    if sealing_key == DEV_KEY_ENCRYPTION_KEY and settings.app_env.lower() != DEVELOPMENT:
+        raise ConfigError(
+            "KEY_ENCRYPTION_KEY is the public development key; set a secret of its own "
+            f"(APP_ENV is {settings.app_env!r}; the development key needs APP_ENV=development)"
+        )
     if settings.key_store != "database":
         return sealing_key
     if sealing_key is None:

@@ -90,3 +90,17 @@ def test_the_key_encryption_key_never_shows_in_the_settings_repr():
     assert BASE64_KEY not in shown
     assert repr(RAW_KEY) not in shown
     assert "key_sealing_key" not in shown
+
+
+def test_the_public_development_key_encryption_key_works_only_in_development():
+    development_key = "YXV0aHN2YyBkZXZlbG9wbWVudCBrZXk7IHB1YmxpYyE="
+    settings = load_settings(environ={**DATABASE, "KEY_ENCRYPTION_KEY": development_key})
+    assert settings.key_sealing_key == base64.b64decode(development_key)
+    production = {
+        "APP_ENV": "production",
+        "PASSWORD_PEPPER": "a-pepper-of-this-test",
+        "KEY_STORE": "database",
+        "KEY_ENCRYPTION_KEY": development_key,
+    }
+    with pytest.raises(ConfigError, match="^KEY_ENCRYPTION_KEY is the public development key"):
+        load_settings(environ=production)
