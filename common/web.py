@@ -101,6 +101,30 @@ def _invalid_json(reason: str) -> NoReturn:
     abort(400, message=f"Invalid JSON body: {reason}", errors={"json": [reason]})
 
 
+class PaginationMetadataSchema(pagination.PaginationMetadataSchema):
+    """flask-smorest's X-Pagination, plus the cursor of a listing that pages by cursor."""
+
+    page_size = fields.Int(metadata={"description": "Items per page (cursor pages only)."})
+    cursor = fields.Str(
+        metadata={
+            "description": "Opaque: pass it as `after` for the next page. Absent on the last page."
+        }
+    )
+
+
+def set_cursor(page_params: Any, cursor: str | None, *, keyset: bool = False) -> None:
+    """Put ``cursor`` (the next page's ``after``) in this answer's X-Pagination.
+
+    ``keyset``: the page was read by cursor, so X-Pagination holds only
+    ``page_size`` and ``cursor``, no totals (nothing was counted).
+    """
+    page_params.cursor = cursor
+    if keyset:
+        page_params.keyset = True
+        # flask-smorest writes X-Pagination only once a count is set; none is shown.
+        page_params.item_count = 0
+
+
 class ServiceBlueprint(Blueprint):
     """flask-smorest's Blueprint, reading bodies with :class:`JsonBodyParser`.
 
@@ -108,6 +132,20 @@ class ServiceBlueprint(Blueprint):
     """
 
     ARGUMENTS_PARSER = JsonBodyParser()
+
+    def _set_pagination_metadata(self, page_params: Any, result: Any, headers: Any) -> Any:
+        if getattr(page_params, "keyset", False):
+            metadata: dict[str, Any] = {"page_size": page_params.page_size}
+        else:
+            metadata = self._make_pagination_metadata(
+                page_params.page, page_params.page_size, page_params.item_count
+            )
+        cursor = getattr(page_params, "cursor", None)
+        if cursor:
+            metadata["cursor"] = cursor
+        headers = {} if headers is None else headers
+        headers[self.PAGINATION_HEADER_NAME] = json.dumps(metadata)
+        return result, headers
 
 
 class ServiceApi(Api):
@@ -123,7 +161,7 @@ class ServiceApi(Api):
             "PAGINATION",
             {
                 "description": "Pagination metadata, as JSON",
-                "content": {"application/json": {"schema": pagination.PaginationMetadataSchema}},
+                "content": {"application/json": {"schema": PaginationMetadataSchema}},
             },
             lazy=True,
         )

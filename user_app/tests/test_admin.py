@@ -56,6 +56,84 @@ def test_listing_pages_in_creation_order_with_flask_smorest_pagination(client, a
     assert [p["id"] for page in pages for p in page] == ids
 
 
+def follow_cursors(client, headers, **query) -> list[list[str]]:
+    """Every page of a listing by cursor: the first by number, the rest by ``after``."""
+    response = client.get(USERS, query_string={**query}, headers=headers)
+    pages = []
+    while True:
+        assert response.status_code == 200, response.get_json()
+        pages.append([p["id"] for p in response.get_json()])
+        cursor = json.loads(response.headers["X-Pagination"]).get("cursor")
+        if cursor is None:
+            return pages
+        query.pop("page", None)
+        response = client.get(USERS, query_string={**query, "after": cursor}, headers=headers)
+
+
+def test_cursor_pages_list_everyone_once_in_creation_order(client, as_user, admin):
+    headers, admin_id = admin
+    ids = [admin_id] if client.get(f"{USERS}/me", headers=headers).status_code == 200 else []
+    ids += make_profiles(client, as_user, 6)
+    pages = follow_cursors(client, headers, page_size=2, page=1)
+    assert [len(page) for page in pages] == [2, 2, 2, 1]
+    assert [user_id for page in pages for user_id in page] == ids
+
+
+def test_a_cursor_page_has_no_totals_and_the_last_no_cursor(client, as_user, admin):
+    headers, _ = admin
+    make_profiles(client, as_user, 3)
+    first = client.get(USERS, query_string={"page_size": 2}, headers=headers)
+    assert json.loads(first.headers["X-Pagination"])["total"] >= 3
+    cursor = json.loads(first.headers["X-Pagination"])["cursor"]
+    second = client.get(USERS, query_string={"page_size": 2, "after": cursor}, headers=headers)
+    metadata = json.loads(second.headers["X-Pagination"])
+    assert "total" not in metadata and "page" not in metadata
+    assert metadata["page_size"] == 2
+
+
+def test_a_cursor_keeps_its_place_when_earlier_profiles_go(client, as_user, admin):
+    # Unlike a page number, a cursor neither skips nor repeats anyone when rows
+    # before it are deleted between two pages.
+    headers, _ = admin
+    ids = make_profiles(client, as_user, 4)
+    first = client.get(USERS, query_string={"page_size": 2, "q": ""}, headers=headers)
+    shown = [p["id"] for p in first.get_json()]
+    cursor = json.loads(first.headers["X-Pagination"])["cursor"]
+    assert client.delete(f"{USERS}/{shown[0]}", headers=headers).status_code == 204
+    rest = follow_cursors(client, headers, page_size=2, after=cursor)
+    seen = shown + [user_id for page in rest for user_id in page]
+    assert seen[-4:] == ids and len(seen) == len(set(seen))
+
+
+def test_cursor_pages_keep_the_search_and_filter(client, as_user, admin):
+    headers, _ = admin
+    wanted = make_profiles(client, as_user, 3, email="cursor.search@corp.example")
+    make_profiles(client, as_user, 3)
+    pages = follow_cursors(client, headers, page_size=1, q="@corp.example")
+    assert [user_id for page in pages for user_id in page] == wanted
+
+
+@pytest.mark.parametrize(
+    "after",
+    ["not-a-cursor", "", "=" * 10, "MjAyNi0xMi0wNA", "bm90IGEgZGF0ZXx4", "x" * 201, "\u00e9\u00e9"],
+)
+def test_a_bad_cursor_is_422_with_a_message(client, admin, after):
+    headers, _ = admin
+    response = client.get(USERS, query_string={"after": after}, headers=headers)
+    assert response.status_code == 422
+    assert response.get_json()["errors"]["query"]["after"]
+
+
+def test_page_and_after_together_are_422(client, as_user, admin):
+    headers, _ = admin
+    make_profiles(client, as_user, 2)
+    first = client.get(USERS, query_string={"page_size": 1}, headers=headers)
+    cursor = json.loads(first.headers["X-Pagination"])["cursor"]
+    response = client.get(USERS, query_string={"page": 2, "after": cursor}, headers=headers)
+    assert response.status_code == 422
+    assert "not both" in json.dumps(response.get_json())
+
+
 def test_page_beyond_the_end_is_an_empty_list(client, admin):
     headers, _ = admin
     response = client.get(USERS, query_string={"page": 50}, headers=headers)

@@ -12,7 +12,7 @@ from flask_smorest.error_handler import ErrorSchema
 
 from common.auth import has_role, login_required
 from common.flask_db import get_session
-from common.web import ServiceBlueprint
+from common.web import ServiceBlueprint, set_cursor
 from user_app import administration, profiles
 from user_app.extensions import settings
 from user_app.models import Profile
@@ -100,15 +100,31 @@ class Users(MethodView):
     @blp.doc(responses={200: {"links": _links_to_first_user()}})
     @blp.paginate(page_size=20, max_page_size=100)
     def get(self, query: dict, pagination_parameters: Any) -> Any:
-        """List profiles, oldest first, optionally searched (``q``) and filtered (``is_active``)."""
-        total, page = administration.search_profiles(
-            get_session(),
-            q=query.get("q"),
-            is_active=query.get("is_active"),
-            offset=pagination_parameters.first_item,
-            limit=pagination_parameters.page_size,
-        )
-        pagination_parameters.item_count = total
+        """List profiles, oldest first, optionally searched (``q``) and filtered (``is_active``).
+
+        Page by number (``page``, with totals), or by cursor (``after``: the
+        ``cursor`` of the previous page's X-Pagination, no totals, the same
+        cost at any depth). Every page but the last carries a ``cursor``.
+        """
+        session = get_session()
+        q, is_active = query.get("q"), query.get("is_active")
+        size = pagination_parameters.page_size
+        if "after" in query:
+            page, more = administration.profiles_after(
+                session, query["after"], q=q, is_active=is_active, limit=size
+            )
+        else:
+            total, page = administration.search_profiles(
+                session,
+                q=q,
+                is_active=is_active,
+                offset=pagination_parameters.first_item,
+                limit=size,
+            )
+            pagination_parameters.item_count = total
+            more = pagination_parameters.first_item + len(page) < total
+        cursor = administration.encode_cursor(page[-1]) if more and page else None
+        set_cursor(pagination_parameters, cursor, keyset="after" in query)
         return page
 
 

@@ -17,6 +17,7 @@ from marshmallow import (
 )
 
 from common.fields import MAX_ROLES, ROLE_NAME, ROLE_NAME_ERROR, FullMatch, StrictBoolean, Text
+from user_app.administration import decode_cursor
 
 
 class ProfileSchema(Schema):
@@ -85,6 +86,13 @@ class UserQuerySchema(Schema):
         metadata={"description": "Case-insensitive substring of email, username or display name"},
     )
     is_active = fields.Boolean()
+    after = Text(
+        validate=validate.Length(max=200),
+        metadata={
+            "description": "Continue after this position: the `cursor` of the previous "
+            "page's X-Pagination. The page then has no totals, and costs the same at any depth."
+        },
+    )
 
     @validates_schema(pass_original=True)
     def _no_unknown_parameters(self, data: dict, original: Mapping, **kwargs: Any) -> None:
@@ -92,3 +100,16 @@ class UserQuerySchema(Schema):
         unknown = sorted(set(original) - set(self.fields) - PAGINATION_PARAMETERS)
         if unknown:
             raise ValidationError("Unknown query parameter.", unknown[0])
+        if "after" in original and "page" in original:
+            raise ValidationError("Give page or after, not both.", "after")
+
+    @post_load
+    def _read_cursor(self, data: dict, **kwargs: Any) -> dict:
+        if "after" in data:
+            try:
+                data["after"] = decode_cursor(data["after"])
+            except ValueError:
+                raise ValidationError(
+                    "Invalid cursor: use the cursor of a previous page's X-Pagination.", "after"
+                ) from None
+        return data
