@@ -82,6 +82,16 @@ class LoginSession(Base):
     """A refresh-token family: one login, every refresh token rotated from it shares its id."""
 
     __tablename__ = "login_sessions"
+    # The sessions a user can still use (the sessions list, ending them all),
+    # without walking the revoked ones that wait for the janitor.
+    __table_args__ = (
+        Index(
+            "ix_login_sessions_live",
+            "user_id",
+            postgresql_where=text("revoked_at IS NULL"),
+            sqlite_where=text("revoked_at IS NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     user_id: Mapped[str] = mapped_column(
@@ -89,7 +99,7 @@ class LoginSession(Base):
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # The login's absolute end (SESSION_MAX_AGE_DAYS), however often it is refreshed.
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
     # Where and how it began, and when its refresh token was last used.
     ip: Mapped[str | None] = mapped_column(String(45))
@@ -109,7 +119,7 @@ class RefreshToken(Base):
         String(36), ForeignKey("login_sessions.id", ondelete="CASCADE"), index=True
     )
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     # Set once, by the refresh that replaced it; a second use is a replay.
     rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 

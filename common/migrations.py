@@ -48,6 +48,51 @@ def create_trigram_index(name: str, table: str, expression: str) -> None:
         )
 
 
+def create_index_concurrently(
+    name: str, table: str, columns: list[str], *, where: str | None = None
+) -> None:
+    """A B-tree index (partial with ``where``) that a live table survives.
+
+    On PostgreSQL it is built ``CONCURRENTLY``, outside the migration's
+    transaction: writes go on meanwhile, where a plain ``CREATE INDEX`` would
+    block every insert into a table of millions of rows for as long as the
+    build takes. A build that failed half-way leaves an INVALID index behind,
+    which is dropped and built again. SQLite builds it plainly.
+    """
+    condition: dict[str, Any] = (
+        {"postgresql_where": text(where), "sqlite_where": text(where)} if where else {}
+    )
+    if op.get_context().dialect.name != "postgresql":
+        op.create_index(name, table, columns, **condition)
+        return
+    with op.get_context().autocommit_block():
+        if not context.is_offline_mode() and _invalid_index(name):
+            op.drop_index(name, table_name=table, postgresql_concurrently=True)
+        op.create_index(
+            name, table, columns, postgresql_concurrently=True, if_not_exists=True, **condition
+        )
+
+
+def _invalid_index(name: str) -> bool:
+    found = op.get_bind().execute(
+        text(
+            "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = :name AND NOT i.indisvalid"
+        ),
+        {"name": name},
+    )
+    return found.first() is not None
+
+
+def drop_index_concurrently(name: str, table: str) -> None:
+    """Undo :func:`create_index_concurrently`."""
+    if op.get_context().dialect.name != "postgresql":
+        op.drop_index(name, table_name=table)
+        return
+    with op.get_context().autocommit_block():
+        op.drop_index(name, table_name=table, postgresql_concurrently=True, if_exists=True)
+
+
 def drop_postgresql_only_index(name: str) -> None:
     """Undo :func:`create_trigram_index` (``CONCURRENTLY`` too)."""
     if op.get_context().dialect.name != "postgresql":

@@ -32,6 +32,17 @@ def alembic_config(connection) -> Config:
     return config
 
 
+def migrate(engine, step, revision: str) -> None:
+    """``alembic upgrade|downgrade revision`` on ``engine``, as the CLI runs it.
+
+    Alembic runs its own transaction on the connection: a migration that
+    builds an index CONCURRENTLY steps out of it (``autocommit_block``).
+    """
+    with engine.connect() as connection:
+        step(alembic_config(connection), revision)
+        connection.commit()
+
+
 def test_cli_upgrade_on_a_fresh_sqlite_file_matches_the_models(tmp_path):
     url = f"sqlite:///{tmp_path / 'auth.db'}"
     env = {**os.environ, "AUTH_DATABASE_URL": url}
@@ -46,8 +57,7 @@ def test_cli_upgrade_on_a_fresh_sqlite_file_matches_the_models(tmp_path):
     engine = create_engine(url)
     try:
         assert schema_diffs(engine) == []
-        with engine.begin() as conn:
-            command.downgrade(alembic_config(conn), "base")
+        migrate(engine, command.downgrade, "base")
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     finally:
         engine.dispose()
@@ -57,11 +67,9 @@ def test_upgrade_on_a_fresh_postgres_database_matches_the_models():
     with fresh_postgres_database("auth_migrations") as url:
         engine = create_engine(url)
         try:
-            with engine.begin() as conn:
-                command.upgrade(alembic_config(conn), "head")
+            migrate(engine, command.upgrade, "head")
             assert schema_diffs(engine) == []
-            with engine.begin() as conn:
-                command.downgrade(alembic_config(conn), "base")
+            migrate(engine, command.downgrade, "base")
             assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
         finally:
             engine.dispose()
