@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import ceilings, memory, pipeline, timing
+from bench import ceilings, memory, pipeline, scale, timing
 from bench.load import require_wrk, run_wrk
 from bench.report import Row, render_table
 from bench.system import BenchError, System, gunicorn_concurrency
@@ -55,10 +55,12 @@ class Plan:
     growth_seconds: float
     verify_number: int
     wait_for_quiet: float
+    #: The two sizes (users) of the scale section.
+    scale_users: tuple[int, int]
 
 
-FULL = Plan("full", 3, 10, 12, 10_000, 200, 120, 2000, 600)
-SMOKE = Plan("smoke", 1, 1, 4, 100, 5, 3, 50, 0)
+FULL = Plan("full", 3, 10, 12, 10_000, 200, 120, 2000, 600, (1_000, 1_000_000))
+SMOKE = Plan("smoke", 1, 1, 4, 100, 5, 3, 50, 0, (100, 2_000))
 
 
 def wait_for_quiet(limit: float) -> float:
@@ -101,6 +103,7 @@ SECTIONS = (
     "pipeline",
     "memory",
     "recycling",
+    "scale",
 )
 #: What recording requests and serving /metrics may cost GET /users/me: 5 % of its rate.
 METRICS_COST_TARGET = 0.95
@@ -172,6 +175,9 @@ def run(plan: Plan, only: frozenset[str] = frozenset(SECTIONS)) -> dict:
         finally:
             auth_engine.dispose()
             user_engine.dispose()
+    if "scale" in only:
+        # A system of its own: its million rows must not weigh on the other sections.
+        scale.measure_scale(plan, rows, raw, plan.scale_users)
     raw["load_after"] = round(os.getloadavg()[0], 2)
     raw["rows"] = [row.to_dict() for row in rows]
     return raw

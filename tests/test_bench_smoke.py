@@ -30,6 +30,10 @@ def test_bench_smoke_run_measures_every_figure(tmp_path, capsys):
         "logout -> refused at user service p50 (ms)",
         "pipeline drain msg/s (100)",
         "auth web worker RSS (MB, max)",
+        "scale login req/s (2,000 vs 100)",
+        "scale refresh req/s (2,000 vs 100)",
+        "scale list ?after=<page 1000> req/s (2,000 vs 100)",
+        "scale drain msg/s (2,000 vs 100)",
     ):
         assert figures[what]["figure"] > 0, what
     # No PEM parse per request, whatever the machine's speed.
