@@ -37,14 +37,18 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from bench import pipeline
 from bench.load import LoadResult, run_wrk
 from bench.report import Row
 from bench.system import PASSWORD, BenchError, System
+from user_app.administration import Position, decode_cursor, listing, search_conditions
 
 FIRST = "ada grace alan edsger barbara donald margaret ken dennis niklaus".split()
 LAST = (
@@ -198,6 +202,72 @@ def analyze(engine: Engine) -> None:
         db.execute(text("VACUUM ANALYZE"))
 
 
+class Explain(Executable, ClauseElement):
+    """``EXPLAIN (ANALYZE, BUFFERS)`` of a statement, its parameters bound as the app binds them."""
+
+    inherit_cache = False
+
+    def __init__(self, statement: Any):
+        self.statement = statement
+
+
+@compiles(Explain, "postgresql")
+def _explain(element: Explain, compiler: Any, **kw: Any) -> str:
+    return "EXPLAIN (ANALYZE, BUFFERS) " + compiler.process(element.statement, **kw)
+
+
+#: The trigram indexes of user migration 0004, dropped (in a rolled-back
+#: transaction) to show the search's plan before them.
+TRIGRAM_INDEXES = (
+    "ix_profiles_email_trgm",
+    "ix_profiles_username_trgm",
+    "ix_profiles_display_name_trgm",
+)
+
+
+def explain_plans(engine: Engine, probe: int, after: Position) -> dict[str, str]:
+    """The listing's plans at this size: each search with and without its indexes, the
+    deep page by OFFSET and by cursor."""
+    from user_app.models import Profile
+
+    def search(q: str) -> list[Any]:
+        return [
+            select(func.count()).select_from(Profile).where(*search_conditions(q, None)),
+            listing(q).limit(PAGE_SIZE),
+        ]
+
+    queries = {
+        "q=<username tag>": search(tag(probe)),
+        "q=<company domain>": search(f"@corp{probe // PER_DOMAIN}.example"),
+    }
+    plans: dict[str, str] = {}
+    with engine.connect() as db:
+        for name, statements in queries.items():
+            plans[f"{name}, trigram indexes"] = _plans(db, statements)
+            db.rollback()
+            # Dropped in a transaction that is rolled back: the indexes stay.
+            for index in TRIGRAM_INDEXES:
+                db.execute(text(f"DROP INDEX {index}"))
+            plans[f"{name}, no trigram index (before)"] = _plans(db, statements)
+            db.rollback()
+        deep = (DEEP_PAGE - 1) * PAGE_SIZE
+        plans[f"page {DEEP_PAGE} by OFFSET (before)"] = _plans(
+            db, [listing().offset(deep).limit(PAGE_SIZE)]
+        )
+        keyset = listing().where(
+            tuple_(Profile.created_at, Profile.id) > tuple_(after.created_at, after.id)
+        )
+        plans[f"page {DEEP_PAGE} by cursor"] = _plans(db, [keyset.limit(PAGE_SIZE + 1)])
+        db.rollback()
+    return plans
+
+
+def _plans(db: Any, statements: list[Any]) -> str:
+    return "\n\n".join(
+        "\n".join(row[0] for row in db.execute(Explain(statement))) for statement in statements
+    )
+
+
 def say(message: str) -> None:
     import sys
 
@@ -296,6 +366,8 @@ class ScaleMeasure:
         for name, (path, bearer) in queries.items():
             results[name] = self.wrk(path, "bearer.lua", bearer, connections=16)
         results["drain msg/s"] = self.drain(raw)
+        plans = explain_plans(self.user_engine, probe, decode_cursor(cursor))
+        raw.setdefault("scale", {}).setdefault("plans", {})[str(size.users)] = plans
         for name, result in results.items():
             if isinstance(result, LoadResult) and result.errors:
                 raise BenchError(f"scale {name} at {size.users:,} users: {result}")

@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import Select, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from common.db import utcnow
@@ -48,14 +48,17 @@ def search_profiles(
         # Past the last page: nothing to fetch, and an offset beyond the database's
         # integer range (``?page=10**30``) never reaches it.
         return total, []
-    page = session.scalars(
-        select(Profile)
-        .where(*conditions)
-        .order_by(Profile.created_at, Profile.id)
-        .offset(offset)
-        .limit(limit)
-    ).all()
+    page = session.scalars(listing(q, is_active).offset(offset).limit(limit)).all()
     return total, list(page)
+
+
+def listing(q: str | None = None, is_active: bool | None = None) -> Select[Profile]:
+    """The profiles matching ``q`` and ``is_active``, oldest first (ties by id)."""
+    return (
+        select(Profile)
+        .where(*search_conditions(q, is_active))
+        .order_by(Profile.created_at, Profile.id)
+    )
 
 
 class Position(NamedTuple):
@@ -98,10 +101,8 @@ def profiles_after(
     a page costs the same at any depth, and there is no total to count.
     """
     rows = session.scalars(
-        select(Profile)
-        .where(*search_conditions(q, is_active))
+        listing(q, is_active)
         .where(tuple_(Profile.created_at, Profile.id) > tuple_(after.created_at, after.id))
-        .order_by(Profile.created_at, Profile.id)
         .limit(limit + 1)
     ).all()
     return list(rows[:limit]), len(rows) > limit
