@@ -19,8 +19,9 @@ Sessions and their refresh tokens come in every state: live, revoked, expired,
 and live with the token already rotated. Every user has the same password
 hash (of :data:`bench.system.PASSWORD`, bcrypt cost 4 as the system runs here,
 so a login shows the lookup, not the hash). Usernames are ``first_last_hex``
-with a six-digit hex tag unique to the user, emails ``first.last.hex@corpN.example``
-with twenty users at each ``corpN``, as at a customer's company.
+with a six-digit hex tag unique to the user (up to 16 million), emails
+``first.last.hex@corpN.example`` with twenty users at each ``corpN``, as at a
+customer's company.
 
 At each size the same measures run: login, refresh, ``GET /users/me``, the
 admin listing by page (``page=1``, ``page=1000``) and by cursor at the depth
@@ -91,7 +92,8 @@ def _sql_list(words) -> str:
 #: The parts of user ``i``'s names, as SQL over ``i`` (shared by both databases).
 #: The fill statements are assembled from these constants only (hence the
 #: ``noqa: S608``); every value from outside is a bound parameter.
-TAG = "substr(md5('tag' || i), 1, 6)"
+# A bijection of 0..2**24-1 (an odd multiplier, modulo a power of two): unique tags.
+TAG = "lpad(to_hex((i::bigint * 2654435761) % 16777216), 6, '0')"
 FIRST_NAME = f"({_sql_list(FIRST)})[1 + i % {len(FIRST)}]"
 LAST_NAME = f"({_sql_list(LAST)})[1 + (i / {len(FIRST)}) % {len(LAST)}]"
 USER_ID = "md5('user' || i)::uuid::text"
@@ -106,9 +108,7 @@ CREATED = "now() - interval '1 day' - make_interval(secs => 2000000 - i)"
 
 def tag(i: int) -> str:
     """The hex tag in user ``i``'s username and email (``TAG`` in Python)."""
-    import hashlib
-
-    return hashlib.md5(f"tag{i}".encode()).hexdigest()[:6]  # noqa: S324 - a name, not a secret
+    return format((i * 2654435761) % 16777216, "06x")
 
 
 def fill_auth(engine: Engine, start: int, stop: int, password_hash: str) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from common.db import utcnow
 from common.events import USER_DELETED, USER_UPDATED
 from common.outbox import emit
-from user_app.models import OutboxEvent, Profile
+from user_app.models import OutboxEvent, Profile, ProfileCount
 from user_app.profiles import clean_roles, leave_tombstone, update_own_profile
 
 ADMIN = "admin"
@@ -42,14 +42,24 @@ def search_profiles(
     ``q`` is a case-insensitive substring of email, username or display name;
     ``%`` and ``_`` in it match themselves.
     """
-    conditions = search_conditions(q, is_active)
-    total = session.scalar(select(func.count()).select_from(Profile).where(*conditions)) or 0
+    total = count_profiles(session, q, is_active)
     if offset >= total:
         # Past the last page: nothing to fetch, and an offset beyond the database's
         # integer range (``?page=10**30``) never reaches it.
         return total, []
     page = session.scalars(listing(q, is_active).offset(offset).limit(limit)).all()
     return total, list(page)
+
+
+def count_profiles(session: Session, q: str | None, is_active: bool | None) -> int:
+    """How many profiles match: from the kept counts when nothing is searched (PostgreSQL)."""
+    if not q and session.get_bind().dialect.name == "postgresql":
+        kept = select(func.coalesce(func.sum(ProfileCount.n), 0))
+        if is_active is not None:
+            kept = kept.where(ProfileCount.is_active.is_(is_active))
+        return int(session.scalar(kept) or 0)
+    counted = select(func.count()).select_from(Profile).where(*search_conditions(q, is_active))
+    return session.scalar(counted) or 0
 
 
 def listing(q: str | None = None, is_active: bool | None = None) -> Select[Profile]:

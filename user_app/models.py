@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, Double, Index, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Double, Index, SmallInteger, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from common.db import UTCDateTime, new_metadata, utcnow
@@ -47,6 +47,21 @@ class Profile(Base):
     synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     roles_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     active_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ProfileCount(Base):
+    """How many profiles have this ``is_active``: the sum of every slot's ``n``.
+
+    Kept exact by triggers on ``profiles`` on PostgreSQL (user migration 0006),
+    so the listing's ``total`` needs no count of a million rows; each
+    connection writes its own slot. Empty, and unused, on SQLite.
+    """
+
+    __tablename__ = "profile_counts"
+
+    slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
 
 
 class Tombstone(Base):

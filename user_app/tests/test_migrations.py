@@ -141,3 +141,114 @@ def test_the_search_is_served_by_the_trigram_indexes_on_postgresql():
     assert "ix_profiles_email_trgm" in plan and "ix_profiles_username_trgm" in plan, plan
     assert "Seq Scan" not in plan, plan
     assert found == 111  # user123, user1230-user1239, user12300-user12399 (and their emails)
+
+
+def _profile_rows(count: int, **overrides) -> list[dict]:
+    now = datetime.now(UTC)
+    return [
+        {
+            "id": str(uuid.uuid4()),
+            "email": f"counted{n}@example.com",
+            "username": f"counted{n}",
+            "roles": ["user"],
+            "is_active": True,
+            "email_verified": False,
+            "created_at": now,
+            "updated_at": now,
+            **overrides,
+        }
+        for n in range(count)
+    ]
+
+
+def _totals(engine) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(kept, counted) totals for all, active and inactive profiles."""
+    from sqlalchemy import text
+
+    with sessionmaker(engine)() as session:
+        kept = tuple(
+            administration.count_profiles(session, None, flag) for flag in (None, True, False)
+        )
+    with engine.connect() as connection:
+        counted = tuple(
+            connection.execute(
+                text(
+                    "SELECT count(*), count(*) FILTER (WHERE is_active),"
+                    " count(*) FILTER (WHERE NOT is_active) FROM profiles"
+                )
+            ).one()
+        )
+    return kept, counted
+
+
+def test_the_listing_total_is_kept_exact_by_the_database_on_postgresql():
+    """Inserts, deletes, is_active changes, rollbacks, concurrent writers, truncation."""
+    import threading
+
+    from sqlalchemy import delete, insert, text, update
+
+    from user_app.models import Profile
+
+    with fresh_postgres_database("user_counts") as url:
+        engine = make_engine(url)
+        try:
+            # Profiles that exist before the counts do are counted by the migration.
+            migrate(engine, command.upgrade, "0005")
+            with engine.begin() as connection:
+                connection.execute(insert(Profile), _profile_rows(7))
+            migrate(engine, command.upgrade, "head")
+            assert _totals(engine) == ((7, 7, 0), (7, 7, 0))
+
+            with engine.begin() as connection:
+                connection.execute(insert(Profile), _profile_rows(5, is_active=False))
+                connection.execute(
+                    update(Profile)
+                    .where(Profile.id.in_(select_ids(connection, 2, True)))
+                    .values(is_active=False)
+                )
+                connection.execute(
+                    delete(Profile).where(Profile.id.in_(select_ids(connection, 1, False)))
+                )
+                # An update that changes nothing counted changes no count.
+                connection.execute(update(Profile).values(bio="unchanged count"))
+            assert _totals(engine) == ((11, 5, 6), (11, 5, 6))
+
+            with engine.connect() as connection:
+                connection.execute(insert(Profile), _profile_rows(3))
+                connection.rollback()
+            assert _totals(engine)[0] == (11, 5, 6)
+
+            def churn(seed: int) -> None:
+                for _ in range(20):
+                    with engine.begin() as connection:
+                        rows = _profile_rows(3, is_active=bool(seed % 2))
+                        connection.execute(insert(Profile), rows)
+                        connection.execute(
+                            update(Profile)
+                            .where(Profile.id == rows[0]["id"])
+                            .values(is_active=not rows[0]["is_active"])
+                        )
+                        connection.execute(delete(Profile).where(Profile.id == rows[1]["id"]))
+
+            writers = [threading.Thread(target=churn, args=(seed,)) for seed in range(4)]
+            for writer in writers:
+                writer.start()
+            for writer in writers:
+                writer.join()
+            kept, counted = _totals(engine)
+            assert kept == counted and kept[0] == 11 + 4 * 20 * 2
+
+            with engine.begin() as connection:
+                connection.execute(text("TRUNCATE profiles"))
+            assert _totals(engine) == ((0, 0, 0), (0, 0, 0))
+        finally:
+            engine.dispose()
+
+
+def select_ids(connection, count: int, active: bool) -> list[str]:
+    from sqlalchemy import select
+
+    from user_app.models import Profile
+
+    query = select(Profile.id).where(Profile.is_active.is_(active)).limit(count)
+    return list(connection.execute(query).scalars())
