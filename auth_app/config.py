@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from limits import parse_many
-
 from common.config import (
     ConfigError,
     Env,
@@ -253,6 +251,9 @@ def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
 
 
 def _rate_limit(env: Env, name: str, default: str) -> str:
+    # Imported here: the workers read these settings too, and never rate-limit.
+    from limits import parse_many
+
     value = env.str(name, default) or default
     try:
         if not parse_many(value):

@@ -12,16 +12,18 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from sqlalchemy.orm import Session
 
 from auth_app.config import AuthSettings
 from auth_app.models import Mail
 from common.db import notify_at_commit, utcnow
 from common.logging import request_id_var
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 #: The channel a commit that wrote a mail notifies (the mailer LISTENs on it).
 MAIL_CHANNEL = "mails_new"
@@ -46,6 +48,10 @@ EMAIL_CHANGE_NOTICE = MailKind("email_change_notice", "Your email address is bei
 
 @functools.cache
 def _templates() -> Environment:
+    # Imported here: the mailer imports this module for MAIL_CHANNEL and
+    # sends mails already rendered, so it never needs jinja.
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
     return Environment(
         loader=PackageLoader("auth_app", "templates/mail"),
         autoescape=select_autoescape(["html"]),

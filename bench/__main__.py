@@ -55,12 +55,14 @@ class Plan:
     growth_seconds: float
     verify_number: int
     wait_for_quiet: float
+    #: Rounds of traffic through the whole make run system before its memory is read.
+    run_rounds: int
     #: The two sizes (users) of the scale section.
     scale_users: tuple[int, int]
 
 
-FULL = Plan("full", 3, 10, 12, 10_000, 200, 120, 2000, 600, (1_000, 1_000_000))
-SMOKE = Plan("smoke", 1, 1, 4, 100, 5, 3, 50, 0, (100, 2_000))
+FULL = Plan("full", 3, 10, 12, 10_000, 200, 120, 2000, 600, 50, (1_000, 1_000_000))
+SMOKE = Plan("smoke", 1, 1, 4, 100, 5, 3, 50, 0, 3, (100, 2_000))
 
 
 def wait_for_quiet(limit: float) -> float:
@@ -517,6 +519,7 @@ def measure_memory(plan, system, auth, token, rows, raw) -> None:
         own = [v for k, v in private.items() if k.startswith(f"{service}/worker-")]
         rows.append(Row(f"  {service} worker private/USS (MB, max)", max(own)))
     rows.append(Row("  import floor RSS (MB)", floor))
+    measure_run_memory(plan, system, rows, raw)
     say(f"memory growth run: {plan.growth_seconds:.0f}s of load, workers never recycled")
     # gunicorn.conf.py recycles a worker every ~10,000 requests, which would hide a
     # leak: this instance turns that off so growth, if any, shows.
@@ -568,6 +571,43 @@ def measure_memory(plan, system, auth, token, rows, raw) -> None:
     if grown:
         name, most = max(grown.items(), key=lambda item: item[1])
         rows.append(Row(f"most RSS growth (MB, {name})", most, target=2, lower_is_better=True))
+
+
+def measure_run_memory(plan, system, rows, raw) -> None:
+    """RSS, USS and PSS of every process of ``make run`` (honcho included) once it has worked."""
+    say("make run system: every Procfile process under honcho, after some registrations")
+    measured = memory.measure_run(system, rounds=plan.run_rounds)
+    raw["run_memory_mb"] = {name: size.to_dict() for name, size in measured.items()}
+    say("make run system, per process:\n" + memory.table(measured))
+    for name in memory.SMALL_WORKERS:
+        rows.append(
+            Row(
+                f"{name} RSS (MB)",
+                measured[name].rss,
+                target=memory.WORKER_TARGET_MB,
+                lower_is_better=True,
+            )
+        )
+        rows.append(Row(f"  {name} USS (MB)", measured[name].uss))
+        rows.append(Row(f"  {name} PSS (MB)", measured[name].pss))
+    total = memory.total(measured)
+    rows.append(
+        Row(
+            "make run total RSS (MB)",
+            total.rss,
+            target=memory.SYSTEM_TARGET_MB,
+            lower_is_better=True,
+        )
+    )
+    rows.append(
+        Row(
+            "  make run total PSS (MB)",
+            total.pss,
+            target=memory.SYSTEM_TARGET_MB,
+            lower_is_better=True,
+        )
+    )
+    rows.append(Row("  make run total USS (MB)", total.uss))
 
 
 def measure_recycling(plan, system, token, rows, raw) -> None:

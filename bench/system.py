@@ -164,6 +164,46 @@ class System:
         wait_http(base + "/health", process, self.tmp / f"{name}.log")
         return base
 
+    def start_procfile(self, name: str = "honcho") -> dict[str, str]:
+        """Start the Procfile's processes under honcho as ``make run`` does; their base URLs.
+
+        The processes are the Makefile's RUN_PROCESSES (every type but
+        ``release`` and ``web``), the venv first on PATH, mail to the
+        Procfile's mailsink. Only the addresses differ: free ports for the two
+        web services and the sink (through a copy of the Procfile), so the run
+        takes no port another instance on this host may hold. Returns
+        ``{"auth": url, "user": url}`` once both answer.
+        """
+        procfile = (ROOT / "Procfile").read_text()
+        sink = free_port()
+        copy = self.tmp / f"{name}.Procfile"
+        copy.write_text(procfile.replace("127.0.0.1:1025", f"127.0.0.1:{sink}"))
+        ports = {"auth": free_port(), "user": free_port()}
+        types = [
+            line.partition(":")[0].strip()
+            for line in procfile.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+        venv_bin = Path(sys.executable).parent
+        process = self.spawn(
+            name,
+            str(venv_bin / "honcho"),
+            "start",
+            "--procfile",
+            str(copy),
+            "--app-root",
+            str(ROOT),
+            *[kind for kind in types if kind not in ("release", "web")],
+            PATH=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            SMTP_URL=f"smtp://127.0.0.1:{sink}",
+            AUTH_BIND=f"127.0.0.1:{ports['auth']}",
+            USER_BIND=f"127.0.0.1:{ports['user']}",
+        )
+        urls = {service: f"http://127.0.0.1:{port}" for service, port in ports.items()}
+        for url in urls.values():
+            wait_http(url + "/health", process, self.tmp / f"{name}.log")
+        return urls
+
     def start_worker(self, name: str, *module_args: str) -> subprocess.Popen:
         """Start ``python -m <module_args>`` (a relay or a worker) as the Procfile does."""
         return self.spawn(name, sys.executable, "-m", *module_args)

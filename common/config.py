@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-from common.fields import ROLE_NAME, ROLE_NAME_ERROR
+from common.roles import ROLE_NAME, ROLE_NAME_ERROR
 
 if TYPE_CHECKING:
     from redis.sentinel import Sentinel

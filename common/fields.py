@@ -16,11 +16,9 @@ from typing import Any
 from marshmallow import ValidationError, fields, validate
 
 # Role names: what ``ROLES`` lists, what tokens carry and what events send.
-# Matched whole (``fullmatch``): ``$`` alone lets a trailing newline through.
-ROLE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-ROLE_NAME_ERROR = "Role names are 1-32 of a-z, 0-9, _ and -, starting with a letter."
-MAX_ROLES = 20
-
+from common.roles import MAX_ROLES as MAX_ROLES
+from common.roles import ROLE_NAME as ROLE_NAME
+from common.roles import ROLE_NAME_ERROR as ROLE_NAME_ERROR
 
 # What PostgreSQL cannot store: NUL (its text types refuse it) and UTF-16
 # surrogates (JSON's "\ud800" escape decodes to a lone one, which is not

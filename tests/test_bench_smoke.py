@@ -34,9 +34,17 @@ def test_bench_smoke_run_measures_every_figure(tmp_path, capsys):
         "scale refresh req/s (2,000 vs 100)",
         "scale list ?after=<page 1000> req/s (2,000 vs 100)",
         "scale drain msg/s (2,000 vs 100)",
+        "workers.relay auth RSS (MB)",
+        "  workers.mailer PSS (MB)",
+        "make run total RSS (MB)",
+        "  make run total PSS (MB)",
     ):
         assert figures[what]["figure"] > 0, what
     # No PEM parse per request, whatever the machine's speed.
+    # The make run system is every Procfile process under honcho, gunicorn's workers too.
+    run = results["run_memory_mb"]
+    assert "honcho" in run and "gunicorn auth_app" in run and "workers.janitor user" in run
+    assert any(name.startswith("gunicorn user_app/worker-") for name in run)
     assert results["verify"]["pem_parses_in_requests"] == 0
     assert results["verify"]["pem_parses_building_app"] >= 1
     assert "| what | figure | ceiling | ratio | target |" in capsys.readouterr().out

@@ -25,6 +25,7 @@ Failures, by kind:
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,8 +33,6 @@ from typing import Any, NamedTuple
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
@@ -51,7 +50,20 @@ log = logging.getLogger(__name__)
 #: Applies messages of one type, in order, in the caller's transaction.
 Handler = Callable[[list[Envelope], Session], None]
 
-TRANSIENT_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
+
+def is_transient(error: BaseException) -> bool:
+    """A database, or Redis, unreachable: no message's fault, retried.
+
+    Redis's errors are looked up only where redis is loaded (the auth worker's
+    revocation store): a process that never imported it cannot have raised
+    one, and the user worker need not load redis (and what it pulls in) at all.
+    """
+    if isinstance(error, (OperationalError, InterfaceError)):
+        return True
+    redis_errors = sys.modules.get("redis.exceptions")
+    return redis_errors is not None and isinstance(
+        error, (redis_errors.ConnectionError, redis_errors.TimeoutError)
+    )
 
 
 class Delivery(NamedTuple):
@@ -186,7 +198,7 @@ class Consumer:
                 type(error).__name__,
             )
             # A failure a database outage explains is no message's fault.
-            owed = 0 if isinstance(error, TRANSIENT_ERRORS) else 1
+            owed = 0 if is_transient(error) else 1
             self.metrics.retried(len(deliveries))
             for delivery in deliveries:
                 owed = self._settle_alone(connection, channel, delivery, owed=owed)
@@ -251,7 +263,7 @@ class Consumer:
                     channel.basic_reject(delivery.tag, requeue=False)
                     self.metrics.dead_lettered()
                     return 0
-                if isinstance(error, TRANSIENT_ERRORS):
+                if is_transient(error):
                     log.warning(
                         "%s %s: dependency unavailable (%s); retrying in %.1fs",
                         envelope.type,
