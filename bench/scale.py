@@ -364,6 +364,7 @@ class ScaleMeasure:
             f"list ?after=<page {DEEP_PAGE}>": (f"{listing}?after={cursor}", admin),
             "list ?q=<username tag>": (f"{listing}?q={tag(probe)}", admin),
             "list ?q=<surname, 1 in 50>": (f"{listing}?q=_{LAST[3]}_", admin),
+            "list ?q=<surname>&after=": (f"{listing}?q=_{LAST[3]}_&after=", admin),
             "list ?q=<company domain>": (f"{listing}?q=@corp{probe // PER_DOMAIN}.example", admin),
         }
         for name, (path, bearer) in queries.items():

@@ -99,22 +99,24 @@ def decode_cursor(cursor: str) -> Position:
 
 def profiles_after(
     session: Session,
-    after: Position,
+    after: Position | None,
     *,
     q: str | None = None,
     is_active: bool | None = None,
     limit: int = 20,
 ) -> tuple[list[Profile], bool]:
-    """``(page, more)``: the profiles matching ``q`` and ``is_active`` that follow ``after``.
+    """``(page, more)``: the profiles matching ``q`` and ``is_active`` that follow ``after``
+    (from the first, when None).
 
     A keyset page: the ``(created_at, id)`` index goes straight to ``after``, so
     a page costs the same at any depth, and there is no total to count.
     """
-    rows = session.scalars(
-        listing(q, is_active)
-        .where(tuple_(Profile.created_at, Profile.id) > tuple_(after.created_at, after.id))
-        .limit(limit + 1)
-    ).all()
+    query = listing(q, is_active)
+    if after is not None:
+        query = query.where(
+            tuple_(Profile.created_at, Profile.id) > tuple_(after.created_at, after.id)
+        )
+    rows = session.scalars(query.limit(limit + 1)).all()
     return list(rows[:limit]), len(rows) > limit
 
 

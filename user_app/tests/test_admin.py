@@ -115,13 +115,25 @@ def test_cursor_pages_keep_the_search_and_filter(client, as_user, admin):
 
 @pytest.mark.parametrize(
     "after",
-    ["not-a-cursor", "", "=" * 10, "MjAyNi0xMi0wNA", "bm90IGEgZGF0ZXx4", "x" * 201, "\u00e9\u00e9"],
+    ["not-a-cursor", "=" * 10, "MjAyNi0xMi0wNA", "bm90IGEgZGF0ZXx4", "x" * 201, "\u00e9\u00e9"],
 )
 def test_a_bad_cursor_is_422_with_a_message(client, admin, after):
     headers, _ = admin
     response = client.get(USERS, query_string={"after": after}, headers=headers)
     assert response.status_code == 422
     assert response.get_json()["errors"]["query"]["after"]
+
+
+def test_an_empty_after_starts_a_listing_by_cursor_without_totals(client, as_user, admin):
+    headers, admin_id = admin
+    ids = [admin_id] if client.get(f"{USERS}/me", headers=headers).status_code == 200 else []
+    ids += make_profiles(client, as_user, 3)
+    first = client.get(USERS, query_string={"after": "", "page_size": 2}, headers=headers)
+    assert first.status_code == 200
+    metadata = json.loads(first.headers["X-Pagination"])
+    assert "total" not in metadata and metadata["page_size"] == 2
+    pages = follow_cursors(client, headers, page_size=2, after="")
+    assert [user_id for page in pages for user_id in page] == ids
 
 
 def test_page_and_after_together_are_422(client, as_user, admin):

@@ -90,7 +90,8 @@ class UserQuerySchema(Schema):
         validate=validate.Length(max=200),
         metadata={
             "description": "Continue after this position: the `cursor` of the previous "
-            "page's X-Pagination. The page then has no totals, and costs the same at any depth."
+            "page's X-Pagination; empty for the first page. A page by cursor has no totals "
+            "(nothing is counted) and costs the same at any depth."
         },
     )
 
@@ -105,7 +106,10 @@ class UserQuerySchema(Schema):
 
     @post_load
     def _read_cursor(self, data: dict, **kwargs: Any) -> dict:
-        if "after" in data:
+        if data.get("after") == "":
+            data["after"] = None
+        # An empty ``after`` starts a listing by cursor: no totals, nothing counted.
+        if data.get("after"):
             try:
                 data["after"] = decode_cursor(data["after"])
             except ValueError:
