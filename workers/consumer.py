@@ -39,6 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.db import dialect_insert
 from common.events import Envelope, EventType, InvalidMessage, consumed_from, parse_envelope
 from common.logging import log_context
 from common.metrics import ConsumerRecorder
@@ -128,20 +129,18 @@ class Consumer:
         Raises whatever a handler, the flush or the commit raised; nothing of
         the list is then applied.
         """
-        model = self.processed_model
         ids = [envelope.id for envelope in envelopes]
         try:
             with self.session_factory() as session, session.begin():
-                seen = self._applied(session, ids)
+                fresh = self._record(session, envelopes)
                 outcomes = []
                 run: list[Envelope] = []
                 for envelope in envelopes:
-                    if envelope.id in seen:
+                    if envelope.id not in fresh:
                         outcomes.append("duplicate")
                         continue
-                    seen.add(envelope.id)
+                    fresh.discard(envelope.id)  # a second copy in the list is a duplicate
                     outcomes.append("applied")
-                    session.add(model(message_id=envelope.id, message_type=envelope.type))
                     if run and run[0].type != envelope.type:
                         self._handlers[run[0].type](run, session)
                         run = []
@@ -161,6 +160,20 @@ class Consumer:
         """Which of ``ids`` are recorded as applied already."""
         model = self.processed_model
         return set(session.scalars(select(model.message_id).where(model.message_id.in_(ids))))
+
+    def _record(self, session: Session, envelopes: list[Envelope]) -> set[str]:
+        """Record the ids of ``envelopes`` not recorded yet; returns those this call recorded.
+
+        One multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING``: the
+        duplicate check and the record in one round trip. An id another
+        consumer is recording at the same moment waits for its transaction:
+        recorded by it, it is not returned here (a duplicate); rolled back,
+        it is recorded here.
+        """
+        table = self.processed_model.__table__
+        rows = {e.id: {"message_id": e.id, "message_type": e.type} for e in envelopes}
+        statement = dialect_insert(session)(table).on_conflict_do_nothing()
+        return set(session.scalars(statement.returning(table.c.message_id), list(rows.values())))
 
     # -- deliveries ----------------------------------------------------------
     def deliver(
