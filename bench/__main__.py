@@ -24,6 +24,7 @@ from bench import ceilings, drain_ceiling, memory, pipeline, timing
 from bench.load import require_wrk, run_wrk
 from bench.report import Row, render_table
 from bench.system import BenchError, System, gunicorn_concurrency
+from workers.consumer import IN_FLIGHT_BATCHES
 from workers.settings import BrokerSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -464,7 +465,11 @@ def measure_pipeline(plan, system, auth_engine, user_engine, rows, raw) -> None:
                 drain_ceiling.empty_tables(system.user_db)
             ceilings_.append(
                 drain_ceiling.drain_ceiling(
-                    system.amqp_url, system.user_db, plan.drain_rows, prefetch=prefetch
+                    system.amqp_url,
+                    system.user_db,
+                    plan.drain_rows,
+                    prefetch=prefetch,
+                    window=prefetch * IN_FLIGHT_BATCHES,
                 )
             )
             if tables == "empty":
@@ -473,6 +478,7 @@ def measure_pipeline(plan, system, auth_engine, user_engine, rows, raw) -> None:
         runs[tables] = {"ceilings": ceilings_, "drains": drains}
     raw["pipeline"] = {
         "prefetch": prefetch,
+        "window": prefetch * IN_FLIGHT_BATCHES,
         "prefill_rows": plan.prefill_rows,
         **{
             tables: {

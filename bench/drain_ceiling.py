@@ -8,7 +8,8 @@ ours in the way:
   confirm-mode channel, the broker acking many at a time), persistent and
   mandatory, into a throwaway quorum queue bound to the real exchange under a
   routing key of its own (so the user worker's queue never sees them);
-- consume: manual acks, a batch of ``prefetch`` messages at a time; per batch,
+- consume: manual acks, a batch of ``prefetch`` messages at a time, the
+  channel's window as wide as the worker's (two batches); per batch,
   the bodies parsed, one multi-row ``INSERT ... ON CONFLICT DO NOTHING`` for
   the profiles and one for the processed-message ids, one commit, one ack
   (``multiple``) for the batch.
@@ -181,9 +182,14 @@ def consume_and_write(
     count: int,
     prefetch: int,
     database: Any,
+    window: int,
 ) -> None:
-    """Take ``count`` messages in batches of ``prefetch``; write, commit, then ack each batch."""
-    channel.basic_qos(prefetch_count=prefetch)
+    """Take ``count`` messages in batches of ``prefetch``; write, commit, then ack each batch.
+
+    ``window`` is the channel's prefetch count, as the worker sets it (the
+    next batch on its way while one is written).
+    """
+    channel.basic_qos(prefetch_count=window)
     received = 0
     batch: list[bytes] = []
     last_tag = 0
@@ -208,7 +214,9 @@ def consume_and_write(
     channel.cancel()
 
 
-def drain_ceiling(amqp_url: str, database_url: str, count: int, *, prefetch: int) -> Ceiling:
+def drain_ceiling(
+    amqp_url: str, database_url: str, count: int, *, prefetch: int, window: int
+) -> Ceiling:
     """Publish ``count`` fresh sync messages bare, then consume and write them bare; time both."""
     messages = sync_bodies(count)
     parameters = pika.URLParameters(amqp_url)
@@ -227,7 +235,7 @@ def drain_ceiling(amqp_url: str, database_url: str, count: int, *, prefetch: int
         publish_pipelined(connection, publishing, queue, messages, sender)
         published = time.perf_counter() - started
         started = time.perf_counter()
-        consume_and_write(connection, channel, queue, count, prefetch, database)
+        consume_and_write(connection, channel, queue, count, prefetch, database, window)
         consumed = time.perf_counter() - started
         channel.queue_delete(queue)
     finally:
