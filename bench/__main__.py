@@ -20,16 +20,20 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import ceilings, memory, pipeline, scale, timing
+from bench import ceilings, drain_ceiling, memory, pipeline, scale, timing
 from bench.load import require_wrk, run_wrk
 from bench.report import Row, render_table
 from bench.system import BenchError, System, gunicorn_concurrency
+from workers.consumer import IN_FLIGHT_BATCHES
+from workers.settings import BrokerSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ISSUER = "http://127.0.0.1:5001"
 AUDIENCE = "user-service"
 READ_CONNECTIONS = 16
 MAX_LOAD = 1.5
+#: The user worker's prefetch (BrokerSettings' default): the bare ceiling's batch size.
+WORKER_PREFETCH = BrokerSettings.prefetch
 # What every web worker imports before serving a request: a process with only
 # these loaded shows the resident floor no app code can go below.
 IMPORT_FLOOR = [
@@ -51,6 +55,7 @@ class Plan:
     seconds: float
     bcrypt_rounds: int
     drain_rows: int
+    prefill_rows: int
     register_samples: int
     growth_seconds: float
     verify_number: int
@@ -61,8 +66,8 @@ class Plan:
     scale_users: tuple[int, int]
 
 
-FULL = Plan("full", 3, 10, 12, 10_000, 200, 120, 2000, 600, 50, (1_000, 1_000_000))
-SMOKE = Plan("smoke", 1, 1, 4, 100, 5, 3, 50, 0, 3, (100, 2_000))
+FULL = Plan("full", 3, 10, 12, 10_000, 100_000, 200, 120, 2000, 600, 50, (1_000, 1_000_000))
+SMOKE = Plan("smoke", 1, 1, 4, 100, 1_000, 5, 3, 50, 0, 3, (100, 2_000))
 
 
 def wait_for_quiet(limit: float) -> float:
@@ -449,48 +454,70 @@ def latency_rows(label: str, seconds: list[float]) -> list[Row]:
 
 
 def measure_pipeline(plan, system, auth_engine, user_engine, rows, raw) -> None:
-    """Raw pika publish+consume ceiling, then the relay and worker draining the outbox."""
-    say(f"raw pika ceiling, then {plan.drain_rows}-row outbox drains")
-    pipeline.fill_outbox(auth_engine, 1)  # one real row: the size of the messages
-    body = pipeline.sample_body(auth_engine)
-    ceiling_runs, drains = [], []
-    for _ in range(plan.runs):
-        ceiling_runs.append(
-            ceilings.pika_round_trip(
-                system.amqp_url, body, plan.drain_rows, queue_type="quorum", prefetch=20
+    """The relay and user worker draining the outbox, beside the same work done bare.
+
+    On empty tables first (both emptied before each measurement), then on
+    tables already holding ``plan.prefill_rows`` profiles and processed ids.
+    Ceiling and drain alternate, so each pair shares the machine's moment.
+    """
+    say(f"{plan.drain_rows}-row drains beside the bare ceiling, on empty then full tables")
+    prefetch = WORKER_PREFETCH
+    runs: dict[str, dict[str, list]] = {}
+    for tables in ("empty", "full"):
+        if tables == "full":
+            drain_ceiling.empty_tables(system.user_db)
+            drain_ceiling.prefill(system.user_db, plan.prefill_rows)
+        ceilings_, drains = [], []
+        for _ in range(plan.runs):
+            if tables == "empty":
+                drain_ceiling.empty_tables(system.user_db)
+            ceilings_.append(
+                drain_ceiling.drain_ceiling(
+                    system.amqp_url,
+                    system.user_db,
+                    plan.drain_rows,
+                    prefetch=prefetch,
+                    window=prefetch * IN_FLIGHT_BATCHES,
+                )
+            )
+            if tables == "empty":
+                drain_ceiling.empty_tables(system.user_db)
+            drains.append(pipeline.drain(auth_engine, user_engine, plan.drain_rows))
+        runs[tables] = {"ceilings": ceilings_, "drains": drains}
+    raw["pipeline"] = {
+        "prefetch": prefetch,
+        "window": prefetch * IN_FLIGHT_BATCHES,
+        "prefill_rows": plan.prefill_rows,
+        **{
+            tables: {
+                "ceilings": [c.to_dict() for c in found["ceilings"]],
+                "drains": [d.to_dict() for d in found["drains"]],
+            }
+            for tables, found in runs.items()
+        },
+    }
+    for tables, found in runs.items():
+        drains, ceilings_ = found["drains"], found["ceilings"]
+        suffix = "" if tables == "empty" else f", {plan.prefill_rows:,} rows already"
+        rows.append(
+            Row(
+                f"pipeline drain msg/s ({plan.drain_rows}){suffix}",
+                median(d.rate for d in drains),
+                ceiling=median(c.rate for c in ceilings_),
+                ratio_target=0.8,
             )
         )
-        drains.append(pipeline.drain(auth_engine, user_engine, plan.drain_rows))
-    raw["pipeline"] = {
-        "message_bytes": len(body),
-        "raw_runs": [
-            {"publish": round(p, 1), "consume": round(c, 1), "sequential": round(s, 1)}
-            for p, c, s in ceiling_runs
-        ],
-        "drains": [d.to_dict() for d in drains],
-    }
-    # The ceiling is the raw procedure the issue names: publish every message
-    # with confirms one by one, then consume and ack them; its msg/s is the
-    # count over both phases. Its publish phase alone is shown too.
-    drain_rate = median(d.rate for d in drains)
-    raw_publish = median(p for p, _c, _s in ceiling_runs)
-    rows.append(
-        Row(
-            f"pipeline drain msg/s ({plan.drain_rows})",
-            drain_rate,
-            ceiling=median(s for _p, _c, s in ceiling_runs),
-            ratio_target=0.5,
+        bare_publish = median(c.count / c.publish_s for c in ceilings_)
+        rows.append(
+            Row(
+                "  relay alone msg/s (vs bare pipelined publish)",
+                median(d.count / d.published_s for d in drains),
+                ceiling=bare_publish,
+            )
         )
-    )
-    rows.append(Row("  against raw publish alone", drain_rate, ceiling=raw_publish))
-    rows.append(
-        Row(
-            "  relay alone msg/s",
-            median(d.count / d.published_s for d in drains),
-            ceiling=raw_publish,
+        rows.append(
+            Row("  bare consume+write msg/s", median(c.count / c.consume_s for c in ceilings_))
         )
-    )
-    rows.append(Row("  raw consume+ack msg/s", median(c for _p, c, _s in ceiling_runs)))
 
 
 def system_pids(system: System) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Ceilings measured in the same run: bcrypt alone, PyJWT alone, raw pika publish and consume."""
+"""Ceilings measured in the same run: bcrypt alone, PyJWT alone (the drain's: drain_ceiling.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import bcrypt
 import jwt
-import pika
 from cryptography.hazmat.primitives import serialization
 
 from common.keys import KeyRing
@@ -82,41 +81,3 @@ def count_pem_loads():
         serialization.load_pem_public_key = original
         if original_jwt is not None:
             jwt.algorithms.load_pem_public_key = original_jwt
-
-
-def pika_round_trip(amqp_url: str, body: bytes, count: int, *, queue_type: str, prefetch: int):
-    """Raw pika: publish ``count`` messages with confirms one by one, then consume and ack them.
-
-    Returns ``(publish msg/s, consume msg/s, both in sequence msg/s)``. The queue
-    is the same type the workers declare, the messages persistent and mandatory,
-    as the relay sends them.
-    """
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        queue = f"bench.raw.{time.monotonic_ns()}"
-        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": queue_type})
-        channel.confirm_delivery()
-        properties = pika.BasicProperties(
-            content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent
-        )
-        started = time.perf_counter()
-        for _ in range(count):
-            channel.basic_publish("", queue, body, properties=properties, mandatory=True)
-        published = time.perf_counter() - started
-        channel.basic_qos(prefetch_count=prefetch)
-        received = 0
-        started = time.perf_counter()
-        for method, _properties, _body in channel.consume(queue, inactivity_timeout=10):
-            if method is None:
-                break
-            channel.basic_ack(method.delivery_tag)
-            received += 1
-            if received == count:
-                break
-        consumed = time.perf_counter() - started
-        channel.cancel()
-        channel.queue_delete(queue)
-    finally:
-        connection.close()
-    return count / published, received / consumed, count / (published + consumed)

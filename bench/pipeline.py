@@ -49,15 +49,6 @@ def fill_outbox(engine: Engine, count: int) -> list[str]:
     return ids
 
 
-def sample_body(engine: Engine) -> bytes:
-    """The body of one real outbox row, for a ceiling with the same message size."""
-    with Session(engine) as session:
-        body = session.scalar(select(AuthOutbox.body).limit(1))
-    if body is None:
-        raise BenchError("the auth outbox is empty; nothing to size the raw messages on")
-    return body.encode()
-
-
 def count_profiles(engine: Engine) -> int:
     """How many profiles the user database holds."""
     with Session(engine) as session:

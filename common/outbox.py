@@ -107,8 +107,9 @@ def emit_all(
     if not envelopes:
         return envelopes
     now = utcnow()
+    # The table, not the mapped class: a plain Core executemany, no ORM bulk machinery.
     session.execute(
-        insert(outbox_model),
+        insert(outbox_model.__table__),
         [
             {
                 "message_id": envelope.id,

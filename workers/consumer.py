@@ -38,6 +38,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.db import dialect_insert
 from common.events import Envelope, EventType, InvalidMessage, consumed_from, parse_envelope
 from common.logging import log_context
 from common.metrics import ConsumerRecorder
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 
 #: Applies messages of one type, in order, in the caller's transaction.
 Handler = Callable[[list[Envelope], Session], None]
+
+#: Batches of ``prefetch`` messages the broker may have sent unacked to one consumer.
+IN_FLIGHT_BATCHES = 2
 
 
 def is_transient(error: BaseException) -> bool:
@@ -140,20 +144,18 @@ class Consumer:
         Raises whatever a handler, the flush or the commit raised; nothing of
         the list is then applied.
         """
-        model = self.processed_model
         ids = [envelope.id for envelope in envelopes]
         try:
             with self.session_factory() as session, session.begin():
-                seen = self._applied(session, ids)
+                fresh = self._record(session, envelopes)
                 outcomes = []
                 run: list[Envelope] = []
                 for envelope in envelopes:
-                    if envelope.id in seen:
+                    if envelope.id not in fresh:
                         outcomes.append("duplicate")
                         continue
-                    seen.add(envelope.id)
+                    fresh.discard(envelope.id)  # a second copy in the list is a duplicate
                     outcomes.append("applied")
-                    session.add(model(message_id=envelope.id, message_type=envelope.type))
                     if run and run[0].type != envelope.type:
                         self._handlers[run[0].type](run, session)
                         run = []
@@ -173,6 +175,20 @@ class Consumer:
         """Which of ``ids`` are recorded as applied already."""
         model = self.processed_model
         return set(session.scalars(select(model.message_id).where(model.message_id.in_(ids))))
+
+    def _record(self, session: Session, envelopes: list[Envelope]) -> set[str]:
+        """Record the ids of ``envelopes`` not recorded yet; returns those this call recorded.
+
+        One multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING``: the
+        duplicate check and the record in one round trip. An id another
+        consumer is recording at the same moment waits for its transaction:
+        recorded by it, it is not returned here (a duplicate); rolled back,
+        it is recorded here.
+        """
+        table = self.processed_model.__table__
+        rows = {e.id: {"message_id": e.id, "message_type": e.type} for e in envelopes}
+        statement = dialect_insert(session)(table).on_conflict_do_nothing()
+        return set(session.scalars(statement.returning(table.c.message_id), list(rows.values())))
 
     # -- deliveries ----------------------------------------------------------
     def deliver(
@@ -206,8 +222,10 @@ class Consumer:
         # Every earlier delivery on this channel is settled: one ack covers them all.
         channel.basic_ack(deliveries[-1].tag, multiple=True)
         self.metrics.applied(len(deliveries), outcomes.count("applied"))
-        for delivery, outcome in zip(deliveries, outcomes, strict=True):
-            self._log_outcome(delivery.envelope, outcome)
+        # Skipped whole when INFO is off: binding the ids costs more than the check.
+        if log.isEnabledFor(logging.INFO):
+            for delivery, outcome in zip(deliveries, outcomes, strict=True):
+                self._log_outcome(delivery.envelope, outcome)
 
     def _accept(
         self, channel: BlockingChannel, method: Any, properties: Any, body: bytes
@@ -298,7 +316,9 @@ class Consumer:
         try:
             channel = connection.channel()
             declare_queue(channel, self.queue, self.settings)
-            channel.basic_qos(prefetch_count=self.settings.prefetch)
+            # Two batches in flight: the broker sends the next while this one is
+            # applied and committed, instead of waiting for its ack to send more.
+            channel.basic_qos(prefetch_count=self.settings.prefetch * IN_FLIGHT_BATCHES)
             log.info("%s consuming %s", self.name, self.queue)
             messages = channel.consume(self.queue, inactivity_timeout=0.5)
             for method, properties, body in messages:
@@ -322,6 +342,9 @@ class Consumer:
         first: tuple,
     ) -> list:
         """The first message and those that have already arrived after it, up to the prefetch.
+
+        The prefetch bounds a batch; the channel's own window is larger (the
+        next batch arrives while one is applied), so more may be waiting.
 
         Never waits for more: a lone message is applied at once.
         """

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from common.config import Env, S, rabbitmq_url
-from common.db import make_engine
+from common.db import IDLE_PING_SECONDS, make_engine
 from common.logging import configure_logging_from_env
 from common.metrics import start_metrics_server
 
@@ -47,12 +47,20 @@ def start_worker(
     """What every worker does first: logging, its settings and engine, its metrics server.
 
     The engine is a small pool on the service's database. Metrics are served
-    on ``METRICS_PORT`` when it is set. A bad value raises ConfigError.
+    on ``METRICS_PORT`` when it is set. A bad value raises ConfigError. A worker
+    checks out a connection per batch, so, as a web app's, its pooled connections
+    are pinged only when they may be dead, not on each checkout (a round trip per
+    batch otherwise); a worker retries a batch that a dead connection failed.
     """
     env = Env()
     configure_logging_from_env(env)
     settings = load_settings(environ=env.environ)
     broker = BrokerSettings.from_env(env)
-    engine = make_engine(settings.database_url, pool_size=2, max_overflow=max_overflow)
+    engine = make_engine(
+        settings.database_url,
+        pool_size=2,
+        max_overflow=max_overflow,
+        ping_idle_after=IDLE_PING_SECONDS,
+    )
     start_metrics_server(env)
     return broker, settings, engine
