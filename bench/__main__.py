@@ -104,6 +104,11 @@ SECTIONS = (
 )
 #: What recording requests and serving /metrics may cost GET /users/me: 5 % of its rate.
 METRICS_COST_TARGET = 0.95
+#: The code as it stood when reads were last measured against their own past: GET
+#: /users/me is served from this commit's tree beside the current one, same run.
+READS_BASELINE = "401cba7"
+#: What the current code must serve of GET /users/me, in req/s, against READS_BASELINE.
+READS_BASELINE_TARGET = 1.3
 
 
 def run(plan: Plan, only: frozenset[str] = frozenset(SECTIONS)) -> dict:
@@ -148,6 +153,13 @@ def run(plan: Plan, only: frozenset[str] = frozenset(SECTIONS)) -> dict:
                 measure_timing(plan, auth, rows, raw)
             if "reads" in only:
                 measure_reads(plan, user, bare, token, rows, raw)
+                baseline = system.start_web(
+                    "user_baseline",
+                    "user_app:create_app()",
+                    source=system.checkout(READS_BASELINE),
+                )
+                measure_reads_against_baseline(plan, user, baseline, token, rows, raw)
+                system.stop("user_baseline")
             if "metrics" in only:
                 # The same app and gunicorn settings, only METRICS_ENABLED differs.
                 quiet = system.start_web(
@@ -261,6 +273,37 @@ def measure_reads(plan, user, bare, token, rows, raw) -> None:
             median(r.p99_ms for r in ours_runs),
             ceiling=median(r.p99_ms for r in bare_runs),
             target=20,
+            lower_is_better=True,
+        )
+    )
+
+
+def measure_reads_against_baseline(plan, user, baseline, token, rows, raw) -> None:
+    """GET /users/me served by READS_BASELINE's code and by this one, runs interleaved."""
+    say(f"authenticated reads: {READS_BASELINE} and the current code, interleaved")
+    old_runs, new_runs = interleaved_reads(plan, token, baseline, user)
+    check_errors(f"GET /users/me at {READS_BASELINE}", old_runs)
+    check_errors("GET /users/me", new_runs)
+    raw["read_baseline"] = {
+        "commit": READS_BASELINE,
+        "baseline_runs": [r.to_dict() for r in old_runs],
+        "runs": [r.to_dict() for r in new_runs],
+    }
+    # The ceiling column is the old code's figure, in the same run.
+    rows.append(
+        Row(
+            f"GET /users/me req/s (vs {READS_BASELINE})",
+            median(r.rate for r in new_runs),
+            ceiling=median(r.rate for r in old_runs),
+            ratio_target=READS_BASELINE_TARGET,
+        )
+    )
+    rows.append(
+        Row(
+            f"GET /users/me p99 ms @{READ_CONNECTIONS} (vs {READS_BASELINE})",
+            median(r.p99_ms for r in new_runs),
+            ceiling=median(r.p99_ms for r in old_runs),
+            ratio_target=1.0,
             lower_is_better=True,
         )
     )
