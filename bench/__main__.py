@@ -17,11 +17,11 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench import ceilings, drain_ceiling, memory, pipeline, scale, timing
-from bench.load import require_wrk, run_wrk
+from bench.load import require_wrk, run_wrk, server_cpu_seconds
 from bench.report import Row, render_table
 from bench.system import BenchError, System, gunicorn_concurrency
 from workers.consumer import IN_FLIGHT_BATCHES
@@ -114,6 +114,11 @@ SECTIONS = (
 )
 #: What recording requests and serving /metrics may cost GET /users/me: 5 % of its rate.
 METRICS_COST_TARGET = 0.95
+#: The code as it stood when reads were last measured against their own past: GET
+#: /users/me is served from this commit's tree beside the current one, same run.
+READS_BASELINE = "401cba7"
+#: What the current code must serve of GET /users/me, in req/s, against READS_BASELINE.
+READS_BASELINE_TARGET = 1.3
 
 
 def run(plan: Plan, only: frozenset[str] = frozenset(SECTIONS)) -> dict:
@@ -158,6 +163,17 @@ def run(plan: Plan, only: frozenset[str] = frozenset(SECTIONS)) -> dict:
                 measure_timing(plan, auth, rows, raw)
             if "reads" in only:
                 measure_reads(plan, user, bare, token, rows, raw)
+                baseline = system.start_web(
+                    "user_baseline",
+                    "user_app:create_app()",
+                    source=system.checkout(READS_BASELINE),
+                )
+                pids = {
+                    user: system.processes["user"].pid,
+                    baseline: system.processes["user_baseline"].pid,
+                }
+                measure_reads_against_baseline(plan, user, baseline, token, pids, rows, raw)
+                system.stop("user_baseline")
             if "metrics" in only:
                 # The same app and gunicorn settings, only METRICS_ENABLED differs.
                 quiet = system.start_web(
@@ -230,23 +246,33 @@ def measure_login(plan, system, auth, account, concurrency, rows, raw) -> None:
     )
 
 
-def interleaved_reads(plan, token, first: str, second: str):
-    """``plan.runs`` runs of GET /users/me at each base URL, alternating: (first's, second's).
+def interleaved_reads(plan, token, first: str, second: str, pids: dict[str, int] | None = None):
+    """``plan.runs`` runs of GET /users/me at each base URL: (first's, second's).
 
-    Alternating the two spreads whatever else the machine does over both alike.
+    ``pids`` (base URL to gunicorn master pid): each run also says the
+    server CPU time it took per request.
+
+    Alternating the two spreads whatever else the machine does over both
+    alike; the order flips every round (first, second, second, first, ...), so
+    neither always runs on the heels of the other.
     """
     first_runs, second_runs = [], []
-    for _ in range(plan.runs):
-        for target, runs in ((first, first_runs), (second, second_runs)):
-            runs.append(
-                run_wrk(
-                    target + "/api/v1/users/me",
-                    "bearer.lua",
-                    token,
-                    seconds=plan.seconds,
-                    connections=READ_CONNECTIONS,
-                )
+    pair = ((first, first_runs), (second, second_runs))
+    for round_ in range(plan.runs):
+        for target, runs in pair if round_ % 2 == 0 else pair[::-1]:
+            pid = (pids or {}).get(target)
+            cpu_before = server_cpu_seconds(pid) if pid else 0.0
+            result = run_wrk(
+                target + "/api/v1/users/me",
+                "bearer.lua",
+                token,
+                seconds=plan.seconds,
+                connections=READ_CONNECTIONS,
             )
+            if pid and result.requests:
+                spent = server_cpu_seconds(pid) - cpu_before
+                result = replace(result, server_cpu_us=spent / result.requests * 1e6)
+            runs.append(result)
     return first_runs, second_runs
 
 
@@ -274,6 +300,50 @@ def measure_reads(plan, user, bare, token, rows, raw) -> None:
             median(r.p99_ms for r in ours_runs),
             ceiling=median(r.p99_ms for r in bare_runs),
             target=20,
+            lower_is_better=True,
+        )
+    )
+
+
+def measure_reads_against_baseline(plan, user, baseline, token, pids, rows, raw) -> None:
+    """GET /users/me served by READS_BASELINE's code and by this one, runs interleaved.
+
+    Beside req/s and p99, the server CPU time per request: on a shared
+    machine req/s moves with whatever else runs, the CPU a request costs much less.
+    """
+    say(f"authenticated reads: {READS_BASELINE} and the current code, interleaved")
+    old_runs, new_runs = interleaved_reads(plan, token, baseline, user, pids)
+    check_errors(f"GET /users/me at {READS_BASELINE}", old_runs)
+    check_errors("GET /users/me", new_runs)
+    raw["read_baseline"] = {
+        "commit": READS_BASELINE,
+        "baseline_runs": [r.to_dict() for r in old_runs],
+        "runs": [r.to_dict() for r in new_runs],
+    }
+    # The ceiling column is the old code's figure, in the same run.
+    rows.append(
+        Row(
+            f"GET /users/me req/s (vs {READS_BASELINE})",
+            median(r.rate for r in new_runs),
+            ceiling=median(r.rate for r in old_runs),
+            ratio_target=READS_BASELINE_TARGET,
+        )
+    )
+    rows.append(
+        Row(
+            f"GET /users/me p99 ms @{READ_CONNECTIONS} (vs {READS_BASELINE})",
+            median(r.p99_ms for r in new_runs),
+            ceiling=median(r.p99_ms for r in old_runs),
+            ratio_target=1.0,
+            lower_is_better=True,
+        )
+    )
+    rows.append(
+        Row(
+            f"GET /users/me server CPU us/request (vs {READS_BASELINE})",
+            median(r.server_cpu_us for r in new_runs),
+            ceiling=median(r.server_cpu_us for r in old_runs),
+            ratio_target=1 / READS_BASELINE_TARGET,
             lower_is_better=True,
         )
     )

@@ -128,22 +128,30 @@ class System:
             raise BenchError(f"{' '.join(args)} failed: {result.stderr[-2000:]}")
 
     # -- processes -----------------------------------------------------------
-    def spawn(self, name: str, *args: str, **extra_env: str) -> subprocess.Popen:
-        """Start one process with its output in ``<tmp>/<name>.log``."""
+    def spawn(self, name: str, *args: str, cwd: Path = ROOT, **extra_env: str) -> subprocess.Popen:
+        """Start one process in ``cwd`` with its output in ``<tmp>/<name>.log``."""
         log = self.tmp / f"{name}.log"
         with log.open("ab") as handle:
             process = subprocess.Popen(
-                args, cwd=ROOT, env=self.environ(**extra_env), stdout=handle, stderr=handle
+                args, cwd=cwd, env=self.environ(**extra_env), stdout=handle, stderr=handle
             )
         self.processes[name] = process
         return process
 
     def start_web(
-        self, name: str, app_uri: str, *extra_args: str, env: dict[str, str] | None = None
+        self,
+        name: str,
+        app_uri: str,
+        *extra_args: str,
+        env: dict[str, str] | None = None,
+        source: Path = ROOT,
     ) -> str:
         """Start gunicorn as the Procfile does on a free port; return its base URL once ready.
 
-        ``env`` is added to the system's environment for this process.
+        ``env`` is added to the system's environment for this process. ``source``
+        is the source tree it serves (its gunicorn.conf.py and its packages,
+        which the working directory puts before the installed ones): another
+        commit's checkout (see :meth:`checkout`) serves that commit's code.
         """
         port = free_port()
         self.ports[name] = port
@@ -158,6 +166,7 @@ class System:
             f"127.0.0.1:{port}",
             *extra_args,
             app_uri,
+            cwd=source,
             **(env or {}),
         )
         base = f"http://127.0.0.1:{port}"
@@ -203,6 +212,28 @@ class System:
         for url in urls.values():
             wait_http(url + "/health", process, self.tmp / f"{name}.log")
         return urls
+
+    def checkout(self, commit: str) -> Path:
+        """The source tree of ``commit``, exported under the system's temporary directory.
+
+        ``git archive`` rather than ``git worktree add``: the repository's own
+        worktree list is left alone, and nothing outlives the run.
+        """
+        target = self.tmp / f"src-{commit}"
+        if not target.exists():
+            target.mkdir()
+            archive = subprocess.run(
+                ["git", "archive", "--format=tar", commit],
+                cwd=ROOT,
+                capture_output=True,
+                timeout=120,
+            )
+            if archive.returncode != 0:
+                raise BenchError(f"git archive {commit} failed: {archive.stderr.decode()[-500:]}")
+            subprocess.run(
+                ["tar", "-x", "-C", str(target)], input=archive.stdout, check=True, timeout=120
+            )
+        return target
 
     def start_worker(self, name: str, *module_args: str) -> subprocess.Popen:
         """Start ``python -m <module_args>`` (a relay or a worker) as the Procfile does."""

@@ -12,8 +12,10 @@ import base64
 import binascii
 import json
 import re
+import threading
 import time
-from typing import Literal, Protocol
+from collections import OrderedDict
+from typing import Literal, NamedTuple, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -24,6 +26,8 @@ REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "sub", "jti"]
 MAX_TOKEN_LENGTH = 8192
 MAX_KID_LENGTH = 128
 _ALLOWED_HEADERS = {"alg", "typ", "kid"}
+#: How many verified tokens a verifier remembers (per process): about 2 MB at most.
+VERIFIED_CACHE_SIZE = 1024
 # Three non-empty, unpadded base64url segments: the only shape the fast header read takes.
 _PLAIN_SEGMENTS = re.compile(r"([A-Za-z0-9_-]+)\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
@@ -65,19 +69,56 @@ class KeySet(Protocol):
         """The key for ``kid``, or None."""
 
 
-class TokenVerifier:
-    """Verify access tokens against a trusted key set, issuer and audience."""
+class _Verified(NamedTuple):
+    """A token whose signature and claims were found good, and what they were checked with."""
 
-    def __init__(self, keys: KeySet, *, issuer: str, audience: str, leeway: int = 10):
+    kid: str
+    key: rsa.RSAPublicKey
+    claims: dict
+    expires: float
+
+
+class TokenVerifier:
+    """Verify access tokens against a trusted key set, issuer and audience.
+
+    A client sends the same access token with every request for its
+    lifetime, and an RS256 verification is most of what checking one costs.
+    So the verifier remembers, per process, the last ``cache_size`` tokens it
+    verified, by their whole text: the same string again is not verified
+    again as long as it has not expired (its ``exp``, without leeway: the
+    leeway is for clocks, not for the cache) and its kid still names the very
+    key object that verified it (a key retired, rotated out or refetched ends
+    that). A token differing in any character (a tampered signature, say) is
+    another entry and is verified in full. Only the signature and claims
+    checks are remembered: whether the token, its session or its user was
+    revoked is the caller's check (``BearerAuth``), run on every request.
+    ``cache_size=0`` verifies every time.
+    """
+
+    def __init__(
+        self,
+        keys: KeySet,
+        *,
+        issuer: str,
+        audience: str,
+        leeway: int = 10,
+        cache_size: int = VERIFIED_CACHE_SIZE,
+    ):
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
+        self.cache_size = cache_size
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
+        self._lock = threading.Lock()
 
     def verify(self, token: str) -> dict:
         """Return the claims of a valid access token or raise InvalidToken."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken("malformed token", "malformed")
+        remembered = self._remembered(token)
+        if remembered is not None:
+            return remembered
         if token.count(".") != 2:
             raise InvalidToken("malformed token", "malformed")
         try:
@@ -130,7 +171,38 @@ class TokenVerifier:
             raise InvalidToken("invalid token") from None
         if not isinstance(claims, dict):
             raise InvalidToken("invalid token")
-        return self._check_claims(claims)
+        claims = self._check_claims(claims)
+        self._remember(token, kid, key, claims)
+        return _copy(claims)
+
+    def _remembered(self, token: str) -> dict | None:
+        """The claims of ``token`` if it was verified before and still may be taken as is."""
+        if not self.cache_size:
+            return None
+        with self._lock:
+            entry = self._verified.get(token)
+            if entry is None:
+                return None
+            if time.time() >= entry.expires:
+                del self._verified[token]
+                return None
+            self._verified.move_to_end(token)
+        # Outside the lock: a JWKS lookup may fetch. Still the key that verified it?
+        if self.keys.get(entry.kid) is not entry.key:
+            with self._lock:
+                self._verified.pop(token, None)
+            return None
+        return _copy(entry.claims)
+
+    def _remember(self, token: str, kid: str, key: rsa.RSAPublicKey, claims: dict) -> None:
+        expires = claims.get("exp")
+        if not self.cache_size or not isinstance(expires, int | float) or expires <= time.time():
+            return
+        with self._lock:
+            self._verified[token] = _Verified(kid, key, _copy(claims), float(expires))
+            self._verified.move_to_end(token)
+            while len(self._verified) > self.cache_size:
+                self._verified.popitem(last=False)
 
     def _check_claims(self, claims: dict) -> dict:
         # Exact issuer match, whatever the library's comparison does.
@@ -150,6 +222,13 @@ class TokenVerifier:
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise InvalidToken("invalid claim roles", "invalid_claim")
         return claims
+
+
+def _copy(claims: dict) -> dict:
+    """A copy of verified claims that the caller may change without changing the cache's."""
+    return {
+        name: list(value) if isinstance(value, list) else value for name, value in claims.items()
+    }
 
 
 def _unverified_header(token: str) -> dict:

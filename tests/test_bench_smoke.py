@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from bench.__main__ import main
+from bench.__main__ import READS_BASELINE, main
 from tests.support.servers import check_redis
 
 
@@ -52,6 +52,10 @@ def test_bench_smoke_run_measures_every_figure(tmp_path, capsys):
     cost = figures["GET /users/me req/s, metrics on (vs off)"]
     assert cost["ceiling"] > 0 and cost["ratio"] is not None
     assert results["metrics_cost"]["off_runs"] and results["metrics_cost"]["on_runs"]
+    # Reads are served by the old commit's code too, beside the current code, in the same run.
+    old = figures[f"GET /users/me req/s (vs {READS_BASELINE})"]
+    assert old["figure"] > 0 and old["ceiling"] > 0 and old["ratio"] is not None
+    assert results["read_baseline"]["baseline_runs"] and results["read_baseline"]["runs"]
 
 
 def test_a_row_passes_or_misses_on_its_ratio_and_its_target():

@@ -182,3 +182,17 @@ def test_profile_timestamps_are_utc(client, as_user):
     body = client.get(ME, headers=headers).get_json()
     created = datetime.fromisoformat(body["created_at"])
     assert created.utcoffset() == UTC.utcoffset(None)
+
+
+def test_me_answers_from_the_row_the_token_check_read_as_the_profile_reads(client, as_user, admin):
+    # GET /me dumps the row the token check read; an administrator's GET and
+    # the user's own PATCH dump a loaded Profile: the same profile, the same body.
+    headers, user_id = as_user(email="ada@example.com", username="ada", roles=["user"])
+    client.get(ME, headers=headers)  # created from the token
+    changed = client.patch(ME, json={"bio": "Notes on the Engine"}, headers=headers)
+    assert changed.status_code == 200
+    mine = client.get(ME, headers=headers)
+    theirs = client.get(f"/api/v1/users/{user_id}", headers=admin[0])
+    assert mine.status_code == theirs.status_code == 200
+    assert mine.get_json() == theirs.get_json() == changed.get_json()
+    assert mine.get_json()["bio"] == "Notes on the Engine"

@@ -437,3 +437,32 @@ def test_times_further_ahead_than_can_be_are_invalid(app):
 
 def sessions_revoked_data(user_id: str, revoked_before: float) -> dict:
     return {"user_id": user_id, "action": "sessions_revoked", "revoked_before": revoked_before}
+
+
+# -- a token verified once is still checked against revocation on every request ---------
+
+
+@pytest.mark.parametrize("ending", ["session_revoked", "sessions_revoked", "deleted", "disabled"])
+def test_a_token_whose_signature_is_remembered_is_still_refused_once_revoked(
+    app, client, signer, db_session, ending
+):
+    user_id, sid = str(uuid.uuid4()), str(uuid.uuid4())
+    token = signer.token(user_id, sid=sid, iat=int(time.time()) - 5)
+    for _ in range(2):
+        assert client.get(ME, headers=bearer(token)).status_code == 200
+    # Its signature and claims are not verified again...
+    assert token in app.extensions["bearer_auth"].verifier._verified
+    if ending == "session_revoked":
+        messages.deliver(db_session, session_revoked(user_id, sid, time.time() + 900), T0)
+        db_session.commit()
+    elif ending == "sessions_revoked":
+        revoke(db_session, user_id, math.floor(time.time()) + 1)
+    elif ending == "deleted":
+        messages.apply_user_deleted(db_session, user_id, utcnow())
+        db_session.commit()
+    else:
+        db_session.get(Profile, user_id).is_active = False
+        db_session.commit()
+    # ...but whether it still works is asked on every request.
+    expected = 403 if ending == "disabled" else 401
+    assert client.get(ME, headers=bearer(token)).status_code == expected

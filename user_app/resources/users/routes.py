@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from flask import g
 from flask.views import MethodView
@@ -14,6 +14,7 @@ from common.auth import has_role, login_required
 from common.flask_db import get_session
 from common.web import ServiceBlueprint, set_cursor
 from user_app import administration, profiles
+from user_app.access import ProfileState
 from user_app.extensions import settings
 from user_app.models import Profile
 from user_app.resources.users.schemas import (
@@ -35,14 +36,18 @@ PROFILE_EXAMPLE = {
 }
 
 
-def _own_profile() -> Profile:
-    # The token check has just read the caller's profile; only a user whose
-    # sync has not arrived yet needs it created here. A read then has nothing
-    # to commit: only the creation does.
-    profile: Profile | None = g.get("account_profile")
-    if profile is not None:
-        return profile
+def _own_profile(*, to_change: bool = False) -> ProfileState:
+    # The token check has just read the caller's profile's row: a read answers
+    # with it. A change loads the profile itself, and only a user whose sync
+    # has not arrived yet needs it created here; only the creation commits.
+    read: ProfileState | None = g.get("account_profile")
+    if read is not None and not to_change:
+        return read
     session = get_session()
+    if read is not None:
+        profile = profiles.get_profile(session, read.id)
+        if profile is not None:
+            return profile
     profile = profiles.ensure_profile(session, g.claims)
     if profile is None:  # deleted between the token check and now
         abort(401, message="Invalid token: account deleted")
@@ -73,7 +78,7 @@ class Me(MethodView):
     @blp.alt_response(422, schema=ErrorSchema, description=AVATAR_REFUSED)
     def patch(self, changes: dict) -> Any:
         """Change your display name, bio or avatar URL; ``null`` clears a field."""
-        profile = _own_profile()
+        profile = cast(Profile, _own_profile(to_change=True))
         profiles.update_own_profile(profile, changes)
         get_session().commit()
         return profile
