@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Double, Index, SmallInteger, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Double,
+    Index,
+    SmallInteger,
+    String,
+    Text,
+    event,
+    text,
+)
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from common.db import UTCDateTime, new_metadata, utcnow
 from common.outbox import OutboxMixin, ProcessedMessageMixin
+from user_app import profile_counts
 
 
 class Base(DeclarativeBase):
@@ -62,6 +76,25 @@ class ProfileCount(Base):
     slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     is_active: Mapped[bool] = mapped_column(Boolean, primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger)
+
+
+@event.listens_for(Base.metadata, "after_create")
+def _count_profiles(target: Any, connection: Connection, **kw: Any) -> None:
+    # A schema built by create_all (the tests') counts profiles as the migrated one does;
+    # ``tables`` are those this call created (none of an existing schema).
+    created = {table.name for table in kw.get("tables", ())}
+    if connection.dialect.name == "postgresql" and "profiles" in created:
+        for statement in profile_counts.create_statements():
+            connection.execute(text(statement))
+
+
+@event.listens_for(Base.metadata, "after_drop")
+def _stop_counting(target: Any, connection: Connection, **kw: Any) -> None:
+    # The triggers went with the table; their functions would stay behind.
+    dropped = {table.name for table in kw.get("tables", ())}
+    if connection.dialect.name == "postgresql" and "profiles" in dropped:
+        for statement in profile_counts.drop_statements():
+            connection.execute(text(statement))
 
 
 class Tombstone(Base):

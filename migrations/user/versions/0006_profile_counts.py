@@ -20,39 +20,12 @@ Create Date: 2026-12-04 13:10:00
 import sqlalchemy as sa
 from alembic import op
 
+from user_app.profile_counts import create_statements, drop_statements
+
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
-
-SLOTS = 16
-
-# ``changes`` is a query of (is_active, delta) rows; every trigger adds them to
-# this connection's slot, false before true, so two writers take their rows in
-# the same order and cannot deadlock.
-FUNCTION = """
-CREATE FUNCTION profile_counts_{name}() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO profile_counts AS c (slot, is_active, n)
-    SELECT pg_backend_pid() % {slots}, is_active, sum(delta)
-    FROM ({changes}) AS changes
-    GROUP BY is_active
-    HAVING sum(delta) <> 0
-    ORDER BY is_active
-    ON CONFLICT (slot, is_active) DO UPDATE SET n = c.n + EXCLUDED.n;
-    RETURN NULL;
-END $$
-"""
-TRIGGERS = {
-    "insert": ("INSERT", "NEW TABLE AS new_rows", "SELECT is_active, 1 AS delta FROM new_rows"),
-    "delete": ("DELETE", "OLD TABLE AS old_rows", "SELECT is_active, -1 AS delta FROM old_rows"),
-    "update": (
-        "UPDATE",
-        "OLD TABLE AS old_rows NEW TABLE AS new_rows",
-        "SELECT is_active, 1 AS delta FROM new_rows"
-        " UNION ALL SELECT is_active, -1 AS delta FROM old_rows",
-    ),
-}
 
 
 def upgrade() -> None:
@@ -66,30 +39,12 @@ def upgrade() -> None:
     if op.get_context().dialect.name != "postgresql":
         return
     op.execute("LOCK TABLE profiles IN SHARE MODE")
-    for name, (event, transition, changes) in TRIGGERS.items():
-        op.execute(FUNCTION.format(name=name, slots=SLOTS, changes=changes))
-        op.execute(
-            f"CREATE TRIGGER profile_counts_{name} AFTER {event} ON profiles"
-            f" REFERENCING {transition} FOR EACH STATEMENT"
-            f" EXECUTE FUNCTION profile_counts_{name}()"
-        )
-    op.execute(
-        "CREATE FUNCTION profile_counts_truncate() RETURNS trigger LANGUAGE plpgsql AS $$"
-        " BEGIN DELETE FROM profile_counts; RETURN NULL; END $$"
-    )
-    op.execute(
-        "CREATE TRIGGER profile_counts_truncate AFTER TRUNCATE ON profiles"
-        " FOR EACH STATEMENT EXECUTE FUNCTION profile_counts_truncate()"
-    )
-    op.execute(
-        "INSERT INTO profile_counts (slot, is_active, n)"
-        " SELECT 0, is_active, count(*) FROM profiles GROUP BY is_active"
-    )
+    for statement in create_statements():
+        op.execute(statement)
 
 
 def downgrade() -> None:
     if op.get_context().dialect.name == "postgresql":
-        for name in (*TRIGGERS, "truncate"):
-            op.execute(f"DROP TRIGGER IF EXISTS profile_counts_{name} ON profiles")
-            op.execute(f"DROP FUNCTION IF EXISTS profile_counts_{name}()")
+        for statement in drop_statements():
+            op.execute(statement)
     op.drop_table("profile_counts")
