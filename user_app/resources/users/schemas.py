@@ -91,7 +91,7 @@ class UserQuerySchema(Schema):
         metadata={
             "description": "Continue after this position: the `cursor` of the previous "
             "page's X-Pagination; empty for the first page. A page by cursor has no totals "
-            "(nothing is counted) and costs the same at any depth."
+            "(nothing is counted) and costs the same at any depth; `page` is then ignored."
         },
     )
 
@@ -101,8 +101,6 @@ class UserQuerySchema(Schema):
         unknown = sorted(set(original) - set(self.fields) - PAGINATION_PARAMETERS)
         if unknown:
             raise ValidationError("Unknown query parameter.", unknown[0])
-        if "after" in original and "page" in original:
-            raise ValidationError("Give page or after, not both.", "after")
 
     @post_load
     def _read_cursor(self, data: dict, **kwargs: Any) -> dict:
