@@ -156,12 +156,19 @@ def test_a_cluster_node_killed_under_load_loses_and_doubles_nothing(tmp_path, ca
                 f"longest time without a new profile after the kill: {stalled:.1f}s "
                 f"(from {stalled_from - began:.1f}s)"
             )
-            assert wait_until(lambda: system.provisioned_count() == USERS, timeout=60), (
-                f"provisioned: {system.provisioned_count()} of {USERS}"
+            # The answers (user.created, through auth_events) must all arrive too.
+            # On RabbitMQ 3.10 the broker sometimes refuses every publish to that
+            # queue for minutes after its leader's node died: the rows then wait
+            # in the outbox, retried, and go once the node is back. Either way
+            # none may be lost or doubled; the timeline says which happened.
+            answered_during_outage = wait_until(
+                lambda: system.provisioned_count() == USERS, timeout=60
             )
-            answers = system.user_created_answers()
-            assert sorted(answers) == sorted(registered), "a user.created is missing or doubled"
-            assert processed_count(system) == USERS
+            if not answered_during_outage:
+                note(
+                    f"{system.provisioned_count()} of {USERS} user.created answers accepted "
+                    f"while {leader.name} is down: the broker refuses the rest, which wait"
+                )
             for name, process in processes.items():
                 assert process.poll() is None, f"{name} exited"
 
@@ -173,6 +180,12 @@ def test_a_cluster_node_killed_under_load_loses_and_doubles_nothing(tmp_path, ca
             )
             assert sorted(cluster.running_nodes(leader)) == sorted(n.name for n in cluster.nodes)
             note(f"{leader.name} restarted and rejoined every queue")
+            assert wait_until(lambda: system.provisioned_count() == USERS, timeout=120), (
+                f"provisioned: {system.provisioned_count()} of {USERS}"
+            )
+            answers = system.user_created_answers()
+            assert sorted(answers) == sorted(registered), "a user.created is missing or doubled"
+            assert processed_count(system) == USERS
             queues = cluster.queues()
             dead = {
                 name: queues[dead_letter_queue(name)]["messages"]

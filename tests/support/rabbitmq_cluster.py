@@ -256,7 +256,9 @@ class RabbitCluster:
         """Poll ``predicate()`` until true; fail naming ``what`` if it never is."""
         deadline = time.monotonic() + timeout
         while True:
-            with contextlib.suppress(RuntimeError):
+            # A node being killed or elected may answer a listing without a queue
+            # for a moment: that is "not yet", like a command that fails.
+            with contextlib.suppress(RuntimeError, KeyError):
                 if predicate():
                     return
             if time.monotonic() > deadline:
