@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 #: Applies messages of one type, in order, in the caller's transaction.
 Handler = Callable[[list[Envelope], Session], None]
 
+#: Batches of ``prefetch`` messages the broker may have sent unacked to one consumer.
+IN_FLIGHT_BATCHES = 2
+
 
 def is_transient(error: BaseException) -> bool:
     """A database, or Redis, unreachable: no message's fault, retried.
@@ -313,7 +316,9 @@ class Consumer:
         try:
             channel = connection.channel()
             declare_queue(channel, self.queue, self.settings)
-            channel.basic_qos(prefetch_count=self.settings.prefetch)
+            # Two batches in flight: the broker sends the next while this one is
+            # applied and committed, instead of waiting for its ack to send more.
+            channel.basic_qos(prefetch_count=self.settings.prefetch * IN_FLIGHT_BATCHES)
             log.info("%s consuming %s", self.name, self.queue)
             messages = channel.consume(self.queue, inactivity_timeout=0.5)
             for method, properties, body in messages:
@@ -337,6 +342,9 @@ class Consumer:
         first: tuple,
     ) -> list:
         """The first message and those that have already arrived after it, up to the prefetch.
+
+        The prefetch bounds a batch; the channel's own window is larger (the
+        next batch arrives while one is applied), so more may be waiting.
 
         Never waits for more: a lone message is applied at once.
         """
