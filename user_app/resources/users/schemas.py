@@ -91,7 +91,8 @@ class UserQuerySchema(Schema):
         metadata={
             "description": "Continue after this position: the `cursor` of the previous "
             "page's X-Pagination; empty for the first page. A page by cursor has no totals "
-            "(nothing is counted) and costs the same at any depth; `page` is then ignored."
+            "(nothing is counted) and costs the same at any depth; `page` is then ignored. "
+            "A string that is not a cursor of this listing is refused with 422."
         },
     )
 
