@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import ceilings, drain_ceiling, memory, pipeline, scale, timing
 from bench.load import require_wrk, run_wrk, server_cpu_seconds
-from bench.report import Row, render_table
+from bench.report import Row, render_table, say
 from bench.system import BenchError, System, gunicorn_concurrency
 from workers.consumer import IN_FLIGHT_BATCHES
 from workers.settings import BrokerSettings
@@ -91,11 +91,6 @@ def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))
     return ordered[index]
-
-
-def say(message: str) -> None:
-    """Progress on stderr, so the table on stdout stays clean."""
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 SECTIONS = (

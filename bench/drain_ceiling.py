@@ -33,6 +33,7 @@ import pika.spec
 import psycopg2
 import psycopg2.extras
 
+from bench.pipeline import created_sync
 from common.events import USER_EVENTS, USER_SYNC
 
 #: The profile columns the bare consumer writes, as the worker's ``created`` does.
@@ -54,19 +55,7 @@ def sync_bodies(count: int) -> list[tuple[str, bytes]]:
     now = datetime.now(UTC)
     messages = []
     for _ in range(count):
-        user_id = str(uuid.uuid4())
-        name = "c" + user_id.replace("-", "")[:20]
-        envelope = USER_SYNC.make(
-            {
-                "user_id": user_id,
-                "action": "created",
-                "email": f"{name}@example.com",
-                "username": name,
-                "roles": ["user"],
-                "is_active": True,
-                "created_at": now,
-            }
-        )
+        envelope = USER_SYNC.make(created_sync(str(uuid.uuid4()), now, prefix="c"))
         body = json.dumps(envelope.to_dict(), separators=(",", ":")).encode()
         messages.append((envelope.id, body))
     return messages

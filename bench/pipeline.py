@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, text
@@ -21,6 +22,20 @@ from common.outbox import emit
 from user_app.models import Profile
 
 
+def created_sync(user_id: str, now: datetime, prefix: str = "b") -> dict:
+    """The data of a ``user.sync`` ``created`` event for a new user ``user_id``."""
+    name = prefix + user_id.replace("-", "")[:20]
+    return {
+        "user_id": user_id,
+        "action": "created",
+        "email": f"{name}@example.com",
+        "username": name,
+        "roles": ["user"],
+        "is_active": True,
+        "created_at": now,
+    }
+
+
 def fill_outbox(engine: Engine, count: int) -> list[str]:
     """Write ``count`` ``user.sync`` created events to the auth outbox in one transaction.
 
@@ -31,21 +46,7 @@ def fill_outbox(engine: Engine, count: int) -> list[str]:
     now = utcnow()
     with Session(engine) as session, session.begin():
         for user_id in ids:
-            name = "b" + user_id.replace("-", "")[:20]
-            emit(
-                session,
-                AuthOutbox,
-                USER_SYNC,
-                {
-                    "user_id": user_id,
-                    "action": "created",
-                    "email": f"{name}@example.com",
-                    "username": name,
-                    "roles": ["user"],
-                    "is_active": True,
-                    "created_at": now,
-                },
-            )
+            emit(session, AuthOutbox, USER_SYNC, created_sync(user_id, now))
     return ids
 
 

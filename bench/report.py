@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+
+
+def say(message: str) -> None:
+    """Progress on stderr, so the table on stdout stays clean."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

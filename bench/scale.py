@@ -37,7 +37,6 @@ import json
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, text, tuple_
@@ -47,7 +46,7 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from bench import pipeline
 from bench.load import LoadResult, run_wrk
-from bench.report import Row
+from bench.report import Row, say
 from bench.system import PASSWORD, BenchError, System
 from user_app.administration import Position, decode_cursor, listing, search_conditions
 
@@ -64,25 +63,6 @@ PER_DOMAIN = 20
 #: How the listing's deep page is reached by cursor: the same depth as ?page=1000.
 DEEP_PAGE = 1000
 PAGE_SIZE = 20
-
-
-@dataclass(frozen=True)
-class Size:
-    """How many rows of each kind one size of the measure holds."""
-
-    users: int
-
-    @property
-    def sessions(self) -> int:
-        return 3 * self.users
-
-    @property
-    def processed(self) -> int:
-        return 5 * self.users
-
-    @property
-    def outbox(self) -> int:
-        return self.users
 
 
 def _sql_list(words) -> str:
@@ -271,20 +251,6 @@ def _plans(db: Any, statements: list[Any]) -> str:
     )
 
 
-def say(message: str) -> None:
-    import sys
-
-    print(f"[bench] scale: {message}", file=sys.stderr, flush=True)
-
-
-def _post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(  # noqa: S310 - a local URL
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-        return json.loads(response.read())
-
-
 def _get(url: str, token: str) -> tuple[list, dict]:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
     with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
@@ -300,9 +266,8 @@ def user_email(i: int) -> str:
 class ScaleMeasure:
     """One system, measured at each size in turn."""
 
-    def __init__(self, plan, system: System, auth: str, user: str, auth_engine, user_engine):
+    def __init__(self, plan, auth: str, user: str, auth_engine, user_engine):
         self.plan = plan
-        self.system = system
         self.auth = auth
         self.user = user
         self.auth_engine = auth_engine
@@ -333,16 +298,16 @@ class ScaleMeasure:
             threads=threads,
         )
 
-    def measure(self, size: Size, raw: dict) -> dict[str, LoadResult | float]:
+    def measure(self, users: int, raw: dict) -> dict[str, LoadResult | float]:
         """Every measure at the size the databases now hold."""
-        probe = 7 if size.users > 7 else 0
+        probe = 7 if users > 7 else 0
         email = user_email(probe)
         login_body = json.dumps({"email": email, "password": PASSWORD})
         token = pipeline.login(self.auth, email)["access_token"]
         admin = self.admin_token()
         listing = "/api/v1/users"
         deep_offset = (DEEP_PAGE - 1) * PAGE_SIZE
-        cursor = self.cursor_at(admin, min(deep_offset, size.users - PAGE_SIZE))
+        cursor = self.cursor_at(admin, min(deep_offset, users - PAGE_SIZE))
         results: dict[str, LoadResult | float] = {}
         concurrency = 8
         results["login"] = self.wrk(
@@ -371,10 +336,10 @@ class ScaleMeasure:
             results[name] = self.wrk(path, "bearer.lua", bearer, connections=16)
         results["drain msg/s"] = self.drain(raw)
         plans = explain_plans(self.user_engine, probe, decode_cursor(cursor))
-        raw.setdefault("scale", {}).setdefault("plans", {})[str(size.users)] = plans
+        raw.setdefault("scale", {}).setdefault("plans", {})[str(users)] = plans
         for name, result in results.items():
             if isinstance(result, LoadResult) and result.errors:
-                raise BenchError(f"scale {name} at {size.users:,} users: {result}")
+                raise BenchError(f"scale {name} at {users:,} users: {result}")
         return results
 
     def cursor_at(self, admin: str, offset: int) -> str:
@@ -406,9 +371,9 @@ def measure_scale(plan, rows: list[Row], raw: dict, sizes: tuple[int, int]) -> N
     """Both sizes, in one run, on one fresh system; a row per measure with the ratio."""
     from common.db import make_engine
 
-    small, large = Size(sizes[0]), Size(sizes[1])
+    small, large = sizes
     with System(bcrypt_rounds=4) as system:
-        say("starting the system on fresh databases")
+        say("scale: starting the system on fresh databases")
         auth = system.start_web("scale_auth", "auth_app:create_app()")
         user = system.start_web("scale_user", "user_app:create_app()")
         for name, module in (
@@ -426,20 +391,20 @@ def measure_scale(plan, rows: list[Row], raw: dict, sizes: tuple[int, int]) -> N
                 password_hash = db.scalar(
                     text("SELECT password_hash FROM users WHERE id = :id"), {"id": first["id"]}
                 )
-            measure = ScaleMeasure(plan, system, auth, user, auth_engine, user_engine)
+            measure = ScaleMeasure(plan, auth, user, auth_engine, user_engine)
             figures = {}
             filled = 0
-            for size in (small, large):
+            for users in (small, large):
                 started = time.perf_counter()
-                fill_auth(auth_engine, filled, size.users, password_hash)
-                fill_user(user_engine, filled, size.users)
+                fill_auth(auth_engine, filled, users, password_hash)
+                fill_user(user_engine, filled, users)
                 loaded = time.perf_counter() - started
                 analyze(auth_engine)
                 analyze(user_engine)
-                say(f"{size.users:,} users loaded in {loaded:.0f}s (+ analyze); measuring")
-                raw.setdefault("scale", {})[str(size.users)] = {"load_s": round(loaded, 1)}
-                figures[size.users] = measure.measure(size, raw)
-                filled = size.users
+                say(f"scale: {users:,} users loaded in {loaded:.0f}s (+ analyze); measuring")
+                raw.setdefault("scale", {})[str(users)] = {"load_s": round(loaded, 1)}
+                figures[users] = measure.measure(users, raw)
+                filled = users
                 system.check_alive()
         finally:
             auth_engine.dispose()
@@ -451,10 +416,10 @@ def measure_scale(plan, rows: list[Row], raw: dict, sizes: tuple[int, int]) -> N
 SCALE_TARGET = 1.5
 
 
-def report(figures: dict, small: Size, large: Size, rows: list[Row], raw: dict) -> None:
+def report(figures: dict, small: int, large: int, rows: list[Row], raw: dict) -> None:
     """A row per measure and figure: the large size's value, the small's as the ceiling."""
-    little, big = figures[small.users], figures[large.users]
-    sizes = f"{large.users:,} vs {small.users:,}"
+    little, big = figures[small], figures[large]
+    sizes = f"{large:,} vs {small:,}"
     for name, result in little.items():
         large_result = big[name]
         if isinstance(result, LoadResult):

@@ -73,6 +73,22 @@ def create_index_concurrently(
         )
 
 
+#: An index of a migration: ``(name, table, columns, WHERE of a partial index or None)``.
+IndexSpec = tuple[str, str, list[str], str | None]
+
+
+def create_indexes_concurrently(indexes: list[IndexSpec]) -> None:
+    """:func:`create_index_concurrently` for each of ``indexes``, in order."""
+    for name, table, columns, where in indexes:
+        create_index_concurrently(name, table, columns, where=where)
+
+
+def drop_indexes_concurrently(indexes: list[IndexSpec]) -> None:
+    """Undo :func:`create_indexes_concurrently`, last first."""
+    for name, table, _, _ in reversed(indexes):
+        drop_index_concurrently(name, table)
+
+
 def _invalid_index(name: str) -> bool:
     found = op.get_bind().execute(
         text(

@@ -16,14 +16,18 @@ Revises: 0006
 Create Date: 2026-12-04 13:00:00
 """
 
-from common.migrations import create_index_concurrently, drop_index_concurrently
+from common.migrations import (
+    IndexSpec,
+    create_indexes_concurrently,
+    drop_indexes_concurrently,
+)
 
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-INDEXES = [
+INDEXES: list[IndexSpec] = [
     ("ix_outbox_pending", "outbox", ["seq"], "published_at IS NULL"),
     ("ix_login_sessions_live", "login_sessions", ["user_id"], "revoked_at IS NULL"),
     ("ix_processed_messages_processed_at", "processed_messages", ["processed_at"], None),
@@ -33,10 +37,8 @@ INDEXES = [
 
 
 def upgrade() -> None:
-    for name, table, columns, where in INDEXES:
-        create_index_concurrently(name, table, columns, where=where)
+    create_indexes_concurrently(INDEXES)
 
 
 def downgrade() -> None:
-    for name, table, _, _ in reversed(INDEXES):
-        drop_index_concurrently(name, table)
+    drop_indexes_concurrently(INDEXES)
