@@ -25,6 +25,11 @@ What this worker changes, keeping the rest of gthread as it is:
   seconds (default 10) of being accepted, or of its first byte after a
   keepalive pause. Otherwise it is answered ``408`` (if it had started) and
   closed; a silent connection is closed after the same time.
+- When the worker stops (SIGTERM, or recycling after ``max_requests``), a
+  connection whose head is still arriving gets what gthread gives a
+  kept-alive one: ``STOP_KEEPALIVE_LINGER`` (2 s) more at most. A silent
+  connection would otherwise hold the worker for the whole read deadline,
+  past ``graceful_timeout``, and the master would kill it.
 - In the thread the parser reads through ``DeadlineReader``: the body gets
   the same deadline over all its reads. Past it the body reads as ended, so
   the app answers 400 and the connection is not kept alive. Writing a
@@ -33,7 +38,8 @@ What this worker changes, keeping the rest of gthread as it is:
 gunicorn documents no hook between accepting a connection and the thread
 that parses it, so this subclass relies on these parts of
 ``gunicorn.workers.gthread`` (as of 27.0): ``ThreadWorker.enqueue_req``,
-``murder_pending``, ``handle_request``, ``poller``, ``nr_conns``, and on a
+``murder_pending``, ``handle_request``, ``poller``, ``nr_conns``,
+``STOP_KEEPALIVE_LINGER`` and ``alive``, and on a
 ``TConn``'s ``sock``, ``client``, ``parser`` (a parser set before
 ``TConn.init()`` is kept) and ``data_ready`` (skips the in-thread wait).
 ``tests/test_slow_clients.py`` runs it against the real gunicorn, so a
@@ -55,7 +61,7 @@ from functools import partial
 from typing import Any
 
 from gunicorn import http
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
 from common.config import ConfigError, Env, fail
 
@@ -207,9 +213,17 @@ class DeadlineWorker(ThreadWorker):
         return keepalive and not conn.deadline_reader.expired
 
     def murder_pending(self) -> None:
-        """gthread's sweep, then close connections whose head is past its deadline."""
+        """gthread's sweep, then close connections whose head is past its deadline.
+
+        gthread calls it once a second, and on every pass of its stopping loop.
+        """
         super().murder_pending()
         now = time.monotonic()
+        if not self.alive:
+            linger = now + STOP_KEEPALIVE_LINGER
+            for conn, (head, deadline) in self._heads.items():
+                if deadline > linger:
+                    self._heads[conn] = (head, linger)
         for conn, (head, deadline) in list(self._heads.items()):
             if deadline <= now:
                 if head:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import logging
 import select
+import signal
 import socket
 import subprocess
 import threading
@@ -23,7 +24,7 @@ import pytest
 from gunicorn.config import Config
 
 from common.config import EXIT_CONFIG_ERROR
-from common.gunicorn_worker import DeadlineReader, DeadlineWorker
+from common.gunicorn_worker import REQUEST_TIMEOUT_ANSWER, DeadlineReader, DeadlineWorker
 from tests.conftest import ROOT
 from tests.e2e.client import call
 from tests.e2e.processes import free_port, tail
@@ -59,15 +60,16 @@ class Server:
         return call("GET", f"{self.base}/health", timeout=PROMPT).status
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """gunicorn -c gunicorn.conf.py 'auth_app:create_app()' on a free port, stopped afterwards."""
-    tmp = tmp_path_factory.mktemp("slow_clients")
+def start(tmp: Path, read_timeout: float) -> tuple[subprocess.Popen, Server, str]:
+    """gunicorn -c gunicorn.conf.py 'auth_app:create_app()' on a free port, once it answers.
+
+    Returns the process, where it listens, and the marker its processes carry.
+    """
     marker = run_id()
     env = web_environ(tmp, marker)
     migrate("auth", env)
     port = free_port()
-    env.update(WEB_THREADS=str(THREADS), WEB_READ_TIMEOUT=str(READ_TIMEOUT))
+    env.update(WEB_THREADS=str(THREADS), WEB_READ_TIMEOUT=str(read_timeout))
     log_path = tmp / "gunicorn.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
@@ -92,10 +94,20 @@ def server(tmp_path_factory):
             assert process.poll() is None, tail(log_path)
             try:
                 if running.health() == 200:
-                    break
+                    return process, running, marker
             except OSError:
                 assert time.monotonic() < deadline, tail(log_path)
                 time.sleep(0.1)
+    except BaseException:
+        stop(process, marker)
+        raise
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The auth service under gunicorn with a short read deadline, stopped afterwards."""
+    process, running, marker = start(tmp_path_factory.mktemp("slow_clients"), READ_TIMEOUT)
+    try:
         yield running
     finally:
         stop(process, marker)
@@ -308,3 +320,28 @@ def test_the_body_reader_reads_as_ended_once_its_deadline_passes():
         client_side.sendall(b"late")
         assert reader.recv(100) == b""  # past the deadline, even with data waiting
         assert server_side.gettimeout() == 1.0  # writes keep their own bound
+
+
+def test_connections_still_sending_their_head_do_not_hold_a_stopping_worker(tmp_path):
+    # A read deadline far past graceful_timeout (10 s): before the worker
+    # capped them at stop, these two held it until the master killed it.
+    process, running, marker = start(tmp_path, read_timeout=120)
+    silent = running.connect()
+    halfway = running.connect()
+    halfway.sendall(b"GET /health HTTP/1.1\r\nHost: te")
+    try:
+        assert running.health() == 200
+        process.send_signal(signal.SIGTERM)
+        for sock in (silent, halfway):
+            sock.settimeout(DROPPED_WITHIN)
+            assert read_answer(sock) in (b"", REQUEST_TIMEOUT_ANSWER)
+        process.wait(timeout=60)
+    finally:
+        silent.close()
+        halfway.close()
+        left = stop(process, marker)
+    log = running.log.read_text()
+    assert process.returncode == 0, tail(running.log)
+    assert "Worker exiting" in log, tail(running.log)
+    assert "SIGKILL" not in log, tail(running.log)
+    assert left == {}
