@@ -52,6 +52,9 @@ class Confirmations:
 
     outcomes: list[bool | None]
     error: BaseException | None = None
+    #: The broker refused at least one message (basic.nack), as opposed to
+    #: only returning unroutable ones.
+    refused: bool = False
 
 
 class ConfirmingPublisher:
@@ -72,6 +75,7 @@ class ConfirmingPublisher:
         self._outcomes: list[bool | None] = []
         self._by_message_id: dict[str, int] = {}
         self._returned: set[int] = set()
+        self._refused = False
         self._next_tag = 1
         # One I/O loop for every node tried and for the connection's whole life.
         self._ioloop = IOLoop()
@@ -205,6 +209,7 @@ class ConfirmingPublisher:
             index = self._unconfirmed.pop(tag, None)
             if index is not None:
                 self._outcomes[index] = accepted and index not in self._returned
+                self._refused = self._refused or not accepted
         if not self._unconfirmed:
             self._stop_loop()
 
@@ -217,6 +222,7 @@ class ConfirmingPublisher:
         """
         self._outcomes = [None] * len(messages)
         self._returned = set()
+        self._refused = False
         self._by_message_id = {}
         self._unconfirmed = {}
         try:
@@ -237,8 +243,8 @@ class ConfirmingPublisher:
                 )
         except (pika.exceptions.AMQPError, OSError) as error:
             self._close_connection()
-            return Confirmations(list(self._outcomes), error)
-        return Confirmations(list(self._outcomes))
+            return Confirmations(list(self._outcomes), error, self._refused)
+        return Confirmations(list(self._outcomes), refused=self._refused)
 
     def wait(self, fds: Iterable[int], timeout: float) -> bool:
         """Serve the connection until one of ``fds`` is readable or ``timeout`` passes.

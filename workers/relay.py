@@ -5,7 +5,11 @@ at a time with every message of it in flight at once (workers/publisher.py); a
 row is marked published only after the broker confirmed it. A row the broker
 cannot route (no queue bound yet) or refuses stays pending and is tried again
 with backoff; rows behind it that the broker took are not sent twice, so such a
-row can arrive after them (consumers are built for late events).
+row can arrive after them (consumers are built for late events). After a
+refusal (basic.nack) the next try goes out on a new connection: on RabbitMQ
+3.10 a channel that first published to a quorum queue while it was electing a
+new leader (its old leader's node just died) can go on refusing every publish
+to it for as long as that node is down, while a newer channel's are taken.
 
 Several relays of one app may run at once on PostgreSQL: each batch is taken
 with ``FOR UPDATE SKIP LOCKED``, so no row is published by two relays at the
@@ -16,6 +20,7 @@ it polls every 50 ms, a cheap indexed query.
 
 from __future__ import annotations
 
+import enum
 import logging
 import sys
 from collections.abc import Callable
@@ -55,6 +60,19 @@ log = logging.getLogger(__name__)
 DB_ERRORS = (OperationalError, InterfaceError)
 
 
+class Held(enum.Enum):
+    """Why rows of a batch stay pending (falsy when none does)."""
+
+    NONE = 0
+    #: Returned: no queue is bound to their routing key yet.
+    UNROUTABLE = 1
+    #: Refused (basic.nack): the queue could not take them on this channel.
+    REFUSED = 2
+
+    def __bool__(self) -> bool:
+        return self is not Held.NONE
+
+
 @dataclass
 class Relay:
     """Drain one outbox table to RabbitMQ."""
@@ -76,8 +94,8 @@ class Relay:
         self.sender = broker_user(self.settings)
 
     # -- publishing ----------------------------------------------------------
-    def publish_batch(self, publisher: ConfirmingPublisher) -> tuple[int, bool]:
-        """Publish up to ``batch_size`` pending rows; returns (sent, any refused).
+    def publish_batch(self, publisher: ConfirmingPublisher) -> tuple[int, Held]:
+        """Publish up to ``batch_size`` pending rows; returns (sent, why any row is held).
 
         The whole batch is in flight at once; each row the broker confirmed
         is marked published, in the transaction that holds the rows' locks.
@@ -103,7 +121,7 @@ class Relay:
                 query = query.with_for_update(skip_locked=True)
             rows = session.execute(query).all()
             if not rows:
-                return 0, False
+                return 0, Held.NONE
             answer = publisher.publish(
                 [
                     Message(
@@ -116,23 +134,26 @@ class Relay:
                 ]
             )
             published = [row.seq for row, ok in zip(rows, answer.outcomes, strict=True) if ok]
-            refused = [row for row, ok in zip(rows, answer.outcomes, strict=True) if ok is False]
+            kept = [row for row, ok in zip(rows, answer.outcomes, strict=True) if ok is False]
             # One statement marks the whole batch, in the transaction holding its row locks.
             self._count_attempt(session, published, published_at=utcnow())
-            self._count_attempt(session, [row.seq for row in refused])
-        if refused:
+            self._count_attempt(session, [row.seq for row in kept])
+        if kept:
             log.warning(
-                "%d outbox rows not accepted by the broker (first: %s %s); will retry",
-                len(refused),
-                refused[0].routing_key,
-                refused[0].message_id,
+                "%d outbox rows not accepted by the broker (%s; first: %s %s); will retry",
+                len(kept),
+                "refused" if answer.refused else "no queue bound",
+                kept[0].routing_key,
+                kept[0].message_id,
             )
         if published:
             log.info("published %d outbox rows", len(published))
         if answer.error is not None:
             # Kept what was confirmed; the rest goes out on the next connection.
             raise answer.error
-        return len(published), bool(refused)
+        if answer.refused:
+            return len(published), Held.REFUSED
+        return len(published), Held.UNROUTABLE if kept else Held.NONE
 
     def _count_attempt(self, session: Session, seqs: list[int], **values: Any) -> None:
         if seqs:
@@ -185,6 +206,10 @@ class Relay:
                 if held:
                     self._pause(publisher, retry)
                     retry = min(10.0, retry * 2)
+                    if held is Held.REFUSED:
+                        log.info("%s: publishing on a new connection after a refusal", self.name)
+                        publisher.close()
+                        publisher = ConfirmingPublisher(self.settings, self.name)
                     continue
                 retry = 0.5
                 if sent < self.batch_size:

@@ -5,8 +5,11 @@ Against the real RabbitMQ, in a vhost of the test run's own.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pika
 
@@ -64,3 +67,21 @@ def queue_depth(url: str, queue: str) -> int:
         return connection.channel().queue_declare(queue, passive=True).method.message_count
     finally:
         connection.close()
+
+
+def connection_ports(url: str, name: str) -> list[int]:
+    """The client ports of the open connections named ``name`` in the vhost of ``url``."""
+    vhost = unquote(urlsplit(url).path.lstrip("/")) or "/"
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "-p", vhost, "peer_port", "client_properties"]
+        + ["--formatter", "json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return sorted(
+        row["peer_port"]
+        for row in json.loads(listing)
+        if ["connection_name", "longstr", name] in row["client_properties"]
+    )

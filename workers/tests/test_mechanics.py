@@ -21,13 +21,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from common.db import make_engine, new_metadata
 from common.events import USER_EVENTS, USER_QUEUE, InvalidMessage
 from common.outbox import OutboxMixin, ProcessedMessageMixin, emit
-from tests.support.broker import Running, broker_settings, drain, queue_depth
+from tests.support.broker import Running, broker_settings, connection_ports, drain, queue_depth
 from tests.support.events import NUMBERED, raw_envelope
 from tests.support.servers import broker_user
 from workers.broker import connect, dead_letter_queue, declare_exchanges, declare_queue
 from workers.consumer import Consumer
 from workers.publisher import ConfirmingPublisher
-from workers.relay import Relay
+from workers.relay import Held, Relay
 
 
 class Base(DeclarativeBase):
@@ -104,7 +104,7 @@ def declare(url: str, queue: str = USER_QUEUE, **settings) -> None:
         connection.close()
 
 
-def relay_once(engine, url) -> tuple[int, bool]:
+def relay_once(engine, url) -> tuple[int, Held]:
     relay = Relay("test_relay", Outbox, engine, broker_settings(url))
     connection = connect(relay.settings, "test")
     try:
@@ -122,7 +122,7 @@ def test_relay_publishes_rows_in_order_with_the_contract_properties(engine, amqp
     declare(amqp_url)
     ids = write_events(engine, 5)
     sent, held = relay_once(engine, amqp_url)
-    assert (sent, held) == (5, False)
+    assert (sent, held) == (5, Held.NONE)
     messages = drain(amqp_url, USER_QUEUE, 5)
     assert [p.message_id for p, _ in messages] == ids
     properties, body = messages[0]
@@ -143,14 +143,50 @@ def test_relay_publishes_rows_in_order_with_the_contract_properties(engine, amqp
 def test_a_row_with_no_queue_bound_stays_pending_and_goes_out_later(engine, vhost_url):
     ids = write_events(engine, 2)
     sent, held = relay_once(engine, vhost_url)
-    assert (sent, held) == (0, True)
+    assert (sent, held) == (0, Held.UNROUTABLE)
     with Session(engine) as session:
         rows = session.scalars(select(Outbox).order_by(Outbox.seq)).all()
         assert [r.published_at for r in rows] == [None, None]
         assert rows[0].attempts == 1
     declare(vhost_url)
-    assert relay_once(engine, vhost_url) == (2, False)
+    assert relay_once(engine, vhost_url) == (2, Held.NONE)
     assert [p.message_id for p, _ in drain(vhost_url, USER_QUEUE, 2)] == ids
+
+
+def test_after_a_refusal_the_relay_tries_again_on_a_new_connection(engine, vhost_url):
+    # A queue that refuses every message (basic.nack), where the rows' queue will be.
+    connection = connect(broker_settings(vhost_url), "test")
+    try:
+        channel = connection.channel()
+        declare_exchanges(channel)
+        channel.queue_declare(
+            "refusing", arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+        )
+        channel.queue_bind("refusing", USER_EVENTS, routing_key="user.sync")
+    finally:
+        connection.close()
+    ids = write_events(engine, 2)
+    relay = Relay("test_relay", Outbox, engine, broker_settings(vhost_url))
+    with Running(relay):
+        assert wait_until(lambda: len(connection_ports(vhost_url, "test_relay")) == 1)
+        first = connection_ports(vhost_url, "test_relay")
+        assert wait_until(lambda: attempts(engine) >= [1, 1])
+        assert wait_until(lambda: connection_ports(vhost_url, "test_relay") not in ([], first))
+        # The queue takes messages again: the rows go out, once each.
+        connection = connect(broker_settings(vhost_url), "test")
+        try:
+            connection.channel().queue_delete("refusing")
+        finally:
+            connection.close()
+        declare(vhost_url)
+        got = drain(vhost_url, USER_QUEUE, 2, timeout=30)
+    assert [properties.message_id for properties, _ in got] == ids
+    assert queue_depth(vhost_url, USER_QUEUE) == 0
+
+
+def attempts(engine) -> list[int]:
+    with Session(engine) as session:
+        return list(session.scalars(select(Outbox.attempts).order_by(Outbox.seq)))
 
 
 def one_by_one(handler):

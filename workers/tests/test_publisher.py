@@ -63,7 +63,10 @@ def test_unroutable_and_refused_messages_are_told_apart_from_accepted_ones(broke
     ]
     answer = publisher.publish(batch)
     assert answer.outcomes == [True, False, False, True]
-    assert answer.error is None
+    assert answer.error is None and answer.refused
+    # Only returned, none refused: the broker took what it could route.
+    answer = publisher.publish([message("ex", "nowhere"), message("ex", "bound")])
+    assert answer.outcomes == [False, True] and not answer.refused
 
 
 def test_a_lost_connection_returns_what_was_confirmed_and_the_error(broker):
