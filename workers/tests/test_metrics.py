@@ -17,6 +17,7 @@ from common.events import USER_QUEUE
 from common.outbox import emit
 from tests.support.broker import Running
 from tests.support.events import NUMBERED
+from workers.relay import Held
 from workers.tests.test_mechanics import (
     Base,
     Outbox,
@@ -141,7 +142,7 @@ def test_the_outbox_backlog_is_the_rows_pending_and_the_age_of_the_oldest(
     assert 300 <= age < 3600
 
     declare(amqp_url)
-    assert relay_once(engine, amqp_url) == (3, False)
+    assert relay_once(engine, amqp_url) == (3, Held.NONE)
     assert read() == (0, 0.0)
     if database == "postgresql":
         engine.dispose()
