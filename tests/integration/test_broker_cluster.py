@@ -133,12 +133,13 @@ def test_a_cluster_node_killed_under_load_loses_and_doubles_nothing(tmp_path, ca
                 target=lambda: registered.extend(register_many(system, USERS))
             )
             with Progress(system) as progress:
-                loader.start()
+                # Connected first, then the load: the kill must land mid-flow.
                 cluster.wait_for(
                     lambda: cluster.connections().get(leader.name, []) == PROCESSES,
                     f"the processes did not all connect to {leader.name}",
                 )
-                note(f"{USERS} registrations started; every process connected to {leader.name}")
+                loader.start()
+                note(f"every process connected to {leader.name}; {USERS} registrations started")
                 assert wait_until(lambda: system.profile_count() >= USERS // 4, timeout=90), (
                     "the pipeline did not start"
                 )
