@@ -18,12 +18,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
-from bench import ceilings, drain_ceiling, memory, pipeline, scale, timing
+from bench import ceilings, cpu, drain_ceiling, memory, pipeline, scale, timing
 from bench.load import require_wrk, run_wrk, server_cpu_seconds
 from bench.report import Row, render_table, say
 from bench.system import BenchError, System, gunicorn_concurrency
+from user_app.models import OutboxEvent as UserOutbox
 from workers.consumer import IN_FLIGHT_BATCHES
 from workers.settings import BrokerSettings
 
@@ -527,15 +529,17 @@ def measure_pipeline(plan, system, auth_engine, user_engine, rows, raw) -> None:
     """
     say(f"{plan.drain_rows}-row drains beside the bare ceiling, on empty then full tables")
     prefetch = WORKER_PREFETCH
+    groups = pipeline_groups(system)
     runs: dict[str, dict[str, list]] = {}
     for tables in ("empty", "full"):
         if tables == "full":
             drain_ceiling.empty_tables(system.user_db)
             drain_ceiling.prefill(system.user_db, plan.prefill_rows)
-        ceilings_, drains = [], []
+        ceilings_, drains, cpu_used = [], [], {"ceilings": [], "drains": []}
         for _ in range(plan.runs):
             if tables == "empty":
                 drain_ceiling.empty_tables(system.user_db)
+            before = cpu.reading(groups)
             ceilings_.append(
                 drain_ceiling.drain_ceiling(
                     system.amqp_url,
@@ -545,10 +549,25 @@ def measure_pipeline(plan, system, auth_engine, user_engine, rows, raw) -> None:
                     window=prefetch * IN_FLIGHT_BATCHES,
                 )
             )
+            cpu_used["ceilings"].append(cpu.spent(before, cpu.reading(groups)))
             if tables == "empty":
                 drain_ceiling.empty_tables(system.user_db)
-            drains.append(pipeline.drain(auth_engine, user_engine, plan.drain_rows))
-        runs[tables] = {"ceilings": ceilings_, "drains": drains}
+            # The ceiling carries no user.created answers back: while the drain
+            # is timed, the user relay holds them in its outbox; they go after.
+            # The CPU time counts from the moment the rows are in the outbox.
+            before: dict[str, dict[int, float]] = {}
+            with system.paused("user_relay"):
+                drains.append(
+                    pipeline.drain(
+                        auth_engine,
+                        user_engine,
+                        plan.drain_rows,
+                        filled=partial(cpu.read_into, before, groups),
+                    )
+                )
+                cpu_used["drains"].append(cpu.spent(before, cpu.reading(groups)))
+            pipeline.wait_for_outbox(user_engine, UserOutbox)
+        runs[tables] = {"ceilings": ceilings_, "drains": drains, "cpu": cpu_used}
     raw["pipeline"] = {
         "prefetch": prefetch,
         "window": prefetch * IN_FLIGHT_BATCHES,
@@ -557,6 +576,7 @@ def measure_pipeline(plan, system, auth_engine, user_engine, rows, raw) -> None:
             tables: {
                 "ceilings": [c.to_dict() for c in found["ceilings"]],
                 "drains": [d.to_dict() for d in found["drains"]],
+                "cpu_seconds": found["cpu"],
             }
             for tables, found in runs.items()
         },
@@ -583,6 +603,39 @@ def measure_pipeline(plan, system, auth_engine, user_engine, rows, raw) -> None:
         rows.append(
             Row("  bare consume+write msg/s", median(c.count / c.consume_s for c in ceilings_))
         )
+        rows.extend(cpu_rows(found["cpu"], plan.drain_rows))
+
+
+def pipeline_groups(system: System) -> dict[str, cpu.Group]:
+    """The processes whose CPU time a drain and its ceiling are charged."""
+    processes = system.processes
+    groups: dict[str, cpu.Group] = {
+        name: (lambda pid=processes[name].pid: [pid])
+        for name in ("auth_relay", "user_worker", "user_relay", "auth_worker")
+    }
+    groups["RabbitMQ"] = lambda: cpu.pids_named("beam.smp")
+    groups["PostgreSQL"] = lambda: cpu.pids_named("postgres")
+    # The bare ceiling runs here; during a drain, only the polling for its end.
+    groups["bench"] = lambda: [os.getpid()]
+    return groups
+
+
+def cpu_rows(used: dict[str, list[dict[str, float]]], count: int) -> list[Row]:
+    """CPU ms per 1,000 messages, by process group, for the drain beside its ceiling."""
+    rows = []
+    for group in used["drains"][0]:
+        drain_ms = median(run[group] for run in used["drains"]) * 1_000_000 / count
+        ceiling_ms = median(run[group] for run in used["ceilings"]) * 1_000_000 / count
+        if drain_ms or ceiling_ms:
+            rows.append(
+                Row(
+                    f"  CPU ms per 1,000 messages: {group} (drain; bare beside)",
+                    drain_ms,
+                    ceiling=ceiling_ms,
+                    lower_is_better=True,
+                )
+            )
+    return rows
 
 
 def system_pids(system: System) -> dict[str, int]:

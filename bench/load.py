@@ -9,6 +9,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.cpu import cpu_seconds
 from bench.system import BenchError
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
@@ -45,23 +46,9 @@ def server_cpu_seconds(pid: int) -> float:
     A worker that exits (recycled) is reaped by the master, which then counts
     its time as its children's (cutime, cstime): nothing served goes uncounted.
     """
-    ticks = os.sysconf("SC_CLK_TCK")
-
-    def stat(process: int) -> list[str]:
-        # The fields after the command name, which is in parentheses and may hold spaces.
-        text = Path(f"/proc/{process}/stat").read_text()
-        return text[text.rindex(")") + 2 :].split()
-
-    fields = stat(pid)
-    # utime, stime, cutime, cstime: fields 14-17 of proc(5), 11-14 after the name.
-    total = sum(int(value) for value in fields[11:15])
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    for child in children:
-        try:
-            total += sum(int(value) for value in stat(int(child))[11:13])
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # exited meanwhile: the master counts it once reaped
-    return total / ticks
+    # One that exited meanwhile reads as 0: the master counts it once reaped.
+    return cpu_seconds(pid) + sum(cpu_seconds(int(child), reaped=False) for child in children)
 
 
 def require_wrk() -> str:

@@ -19,7 +19,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from tests.support.servers import fresh_postgres_database, fresh_vhost, write_test_keys
@@ -245,6 +246,16 @@ class System:
             if process.poll() is not None:
                 log = (self.tmp / f"{name}.log").read_text()[-2000:]
                 raise BenchError(f"{name} exited with {process.returncode}: {log}")
+
+    @contextmanager
+    def paused(self, name: str) -> Iterator[None]:
+        """Hold one process still (SIGSTOP) for the block, then let it go on (SIGCONT)."""
+        process = self.processes[name]
+        process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            process.send_signal(signal.SIGCONT)
 
     def stop(self, name: str) -> None:
         """SIGTERM one process and wait for it (SIGKILL after 20 s)."""

@@ -18,7 +18,7 @@ from workers.settings import BrokerSettings
 
 
 def broker_settings(url: str, **overrides: Any) -> BrokerSettings:
-    """Settings for a test broker connection (classic queues keep tests quick)."""
+    """Settings for a test broker connection: quorum queues, few tries, small batches."""
     values = {"url": url, "queue_type": "quorum", "max_tries": 3, "prefetch": 10}
     values.update(overrides)
     return BrokerSettings(**values)
