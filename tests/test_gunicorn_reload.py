@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 from bench.memory import children
 from tests.conftest import ROOT
@@ -33,29 +38,54 @@ def write_config(path, setting: str) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Gunicorn:
+    """A started gunicorn: its ``sh -c`` process, marker, configuration file, URL and log."""
+
+    process: subprocess.Popen
+    marker: str
+    config: Path
+    base: str
+    log: Path
+
+
 def issuer(base: str) -> str:
     answer = call("GET", base + DISCOVERY)
     assert answer.status == 200
     return answer.json["issuer"]
 
 
-def test_a_hup_rebuilds_the_app_with_the_new_settings_and_recycled_workers_keep_them(tmp_path):
+def start(tmp_path: Path, app: str, setting: str, options: str = "") -> Gunicorn:
+    """gunicorn with two workers on ``app``, its configuration file setting ``setting``."""
     marker = run_id()
     env = web_environ(tmp_path, marker)
-    migrate("auth", env)
+    migrate(app, env)
     config = tmp_path / "gunicorn.conf.py"
-    write_config(config, "JWT_ISSUER=http://one.example")
+    write_config(config, setting)
     port = free_port()
     command = (
-        f"gunicorn --config {config} --bind 127.0.0.1:{port} --workers 2 "
-        f"--max-requests {MAX_REQUESTS} --max-requests-jitter 0 'auth_app:create_app()'"
+        f"gunicorn --config {config} --bind 127.0.0.1:{port} --workers 2 {options} "
+        f"'{app}_app:create_app()'"
     )
     log_path = tmp_path / "gunicorn.log"
     process = start_line(command, env, log_path)
-    base = f"http://127.0.0.1:{port}"
+    running = Gunicorn(process, marker, config, f"http://127.0.0.1:{port}", log_path)
+    health = wait_for_health(process, running.base)
+    if health is None or health.status != 200:
+        stop(process, marker)
+        pytest.fail(tail(log_path))
+    return running
+
+
+def test_a_hup_rebuilds_the_app_with_the_new_settings_and_recycled_workers_keep_them(tmp_path):
+    running = start(
+        tmp_path,
+        "auth",
+        "JWT_ISSUER=http://one.example",
+        f"--max-requests {MAX_REQUESTS} --max-requests-jitter 0",
+    )
+    process, config, base, log_path = running.process, running.config, running.base, running.log
     try:
-        health = wait_for_health(process, base)
-        assert health is not None and health.status == 200, tail(log_path)
         # Workers replacing recycled ones serve the master's app, before and after
         # the configuration changes on disk, until the HUP.
         assert {issuer(base) for _ in range(3 * MAX_REQUESTS)} == {"http://one.example"}
@@ -71,26 +101,14 @@ def test_a_hup_rebuilds_the_app_with_the_new_settings_and_recycled_workers_keep_
         answers = {issuer(base) for _ in range(4 * MAX_REQUESTS)}
         assert answers == {"http://two.example"}, tail(log_path)
     finally:
-        left = stop(process, marker)
+        left = stop(process, running.marker)
     assert left == {}, f"still running after SIGTERM: {left}"
 
 
 def test_a_hup_onto_a_bad_setting_stops_gunicorn_with_its_message(tmp_path):
-    marker = run_id()
-    env = web_environ(tmp_path, marker)
-    migrate("user", env)
-    config = tmp_path / "gunicorn.conf.py"
-    write_config(config, "JWT_LEEWAY_SECONDS=30")
-    port = free_port()
-    command = (
-        f"gunicorn --config {config} --bind 127.0.0.1:{port} --workers 2 'user_app:create_app()'"
-    )
-    log_path = tmp_path / "gunicorn.log"
-    process = start_line(command, env, log_path)
-    base = f"http://127.0.0.1:{port}"
+    running = start(tmp_path, "user", "JWT_LEEWAY_SECONDS=30")
+    process, config, log_path = running.process, running.config, running.log
     try:
-        health = wait_for_health(process, base)
-        assert health is not None and health.status == 200, tail(log_path)
         write_config(config, "JWT_LEEWAY_SECONDS=soon")
         [master] = children(process.pid)
         os.kill(master, signal.SIGHUP)
@@ -98,5 +116,5 @@ def test_a_hup_onto_a_bad_setting_stops_gunicorn_with_its_message(tmp_path):
         assert process.wait(timeout=30) == 4, tail(log_path)
         assert "configuration error: JWT_LEEWAY_SECONDS must be" in log_path.read_text()
     finally:
-        left = stop(process, marker)
+        left = stop(process, running.marker)
     assert left == {}, f"still running after SIGTERM: {left}"
