@@ -9,11 +9,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from auth_app.models import Base
+from tests.support.migrations import migrate as run_migration
 from tests.support.servers import fresh_postgres_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,21 +26,9 @@ def schema_diffs(engine) -> list:
         return compare_metadata(context, Base.metadata)
 
 
-def alembic_config(connection) -> Config:
-    config = Config(str(ROOT / "alembic.ini"), ini_section="auth")
-    config.attributes["connection"] = connection
-    return config
-
-
 def migrate(engine, step, revision: str) -> None:
-    """``alembic upgrade|downgrade revision`` on ``engine``, as the CLI runs it.
-
-    Alembic runs its own transaction on the connection: a migration that
-    builds an index CONCURRENTLY steps out of it (``autocommit_block``).
-    """
-    with engine.connect() as connection:
-        step(alembic_config(connection), revision)
-        connection.commit()
+    """``alembic -n auth upgrade|downgrade revision`` on ``engine``, as the CLI runs it."""
+    run_migration(engine, "auth", step, revision)
 
 
 def test_cli_upgrade_on_a_fresh_sqlite_file_matches_the_models(tmp_path):

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.orm import sessionmaker
 
 from common.db import make_engine
 from common.migrations import include_object
+from tests.support.migrations import migrate as run_migration
 from tests.support.servers import fresh_postgres_database
 from user_app import administration
 from user_app.models import Base
@@ -23,22 +23,9 @@ from user_app.tests import messages
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def alembic_config(connection) -> Config:
-    config = Config(str(ROOT / "alembic.ini"), ini_section="user")
-    config.set_main_option("script_location", str(ROOT / "migrations" / "user"))
-    config.attributes["connection"] = connection
-    return config
-
-
 def migrate(engine, step, revision: str) -> None:
-    """``alembic upgrade|downgrade revision`` on ``engine``, as the CLI runs it.
-
-    Alembic runs its own transaction on the connection: a migration that
-    builds an index CONCURRENTLY steps out of it (``autocommit_block``).
-    """
-    with engine.connect() as connection:
-        step(alembic_config(connection), revision)
-        connection.commit()
+    """``alembic -n user upgrade|downgrade revision`` on ``engine``, as the CLI runs it."""
+    run_migration(engine, "user", step, revision)
 
 
 def upgrade_compare_downgrade(url: str) -> None:
