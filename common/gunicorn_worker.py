@@ -30,6 +30,22 @@ What this worker changes, keeping the rest of gthread as it is:
   kept-alive one: ``STOP_KEEPALIVE_LINGER`` (2 s) more at most. A silent
   connection would otherwise hold the worker for the whole read deadline,
   past ``graceful_timeout``, and the master would kill it.
+- A worker already busy with ``threads`` connections or more (idle
+  kept-alive ones do not count) leaves a new one for ``ACCEPT_YIELD``
+  (10 ms) to a less busy worker. If it is still queued after that, the
+  worker takes it and up to ``threads`` more before it yields again. All
+  workers wait on one listening socket and the kernel wakes them all, so
+  whichever ran first used to take every queued connection: a client that
+  opens its connections at once (a reverse proxy's keepalive pool, a load
+  generator) often found them all on one worker, held to one core by the
+  GIL, while the others idled. A new connection now waits 10 ms at most,
+  and only when every worker is busy; with one worker nothing changes.
+- That spreads connections as they open, but a worker that was recycled
+  (``max_requests``) comes back to find its clients reconnected to the
+  others while it was away. So a worker busy with more than twice its
+  ``threads`` connections answers one request every ``SHED_INTERVAL``
+  (100 ms) with ``Connection: close``; the client reconnects, and the
+  yield above gives the new connection to a less busy worker.
 - In the thread the parser reads through ``DeadlineReader``: the body gets
   the same deadline over all its reads. Past it the body reads as ended, so
   the app answers 400 and the connection is not kept alive. Writing a
@@ -38,7 +54,8 @@ What this worker changes, keeping the rest of gthread as it is:
 gunicorn documents no hook between accepting a connection and the thread
 that parses it, so this subclass relies on these parts of
 ``gunicorn.workers.gthread`` (as of 27.0): ``ThreadWorker.enqueue_req``,
-``murder_pending``, ``handle_request``, ``poller``, ``nr_conns``,
+``murder_pending``, ``handle_request``, ``accept``, ``set_accept_enabled``,
+``wait_for_and_dispatch_events``, ``_accepting``, ``poller``, ``nr_conns``,
 ``STOP_KEEPALIVE_LINGER`` and ``alive``, and on a
 ``TConn``'s ``sock``, ``client``, ``parser`` (a parser set before
 ``TConn.init()`` is kept) and ``data_ready`` (skips the in-thread wait).
@@ -71,6 +88,10 @@ REQUEST_TIMEOUT_ANSWER = (
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 )
 DEFAULT_READ_TIMEOUT = 10.0
+#: How long a busy worker leaves a new connection to a less busy one.
+ACCEPT_YIELD = 0.01
+#: How often a worker busy with over twice its threads' connections closes one.
+SHED_INTERVAL = 0.1
 
 
 def read_timeout(env: Env | None = None) -> float:
@@ -149,7 +170,61 @@ class DeadlineWorker(ThreadWorker):
         self.head_limit = head_limit(self.cfg)
         # Connections whose head is still arriving: conn -> (bytes so far, deadline).
         self._heads: dict[Any, tuple[bytearray, float]] = {}
+        # While busy: not watching the listener until _yield_until; then,
+        # if a connection was still queued (_resumed), taking connections
+        # until _take_until or _take_limit busy ones.
+        self._yield_until = 0.0
+        self._resumed = False
+        self._take_until = 0.0
+        self._take_limit = 0
+        self._last_shed = 0.0
         super().init_process()
+
+    def busy(self) -> int:
+        """Connections this worker is working on: all it holds but the idle kept-alive ones."""
+        busy: int = self.nr_conns - len(self.keepalived_conns)
+        return busy
+
+    def accept(self, listener: Any) -> None:
+        """Take a new connection, unless this worker is busy and another may not be."""
+        busy = self.busy()
+        if self.cfg.workers > 1 and busy >= self.cfg.threads:
+            now = time.monotonic()
+            if self._resumed:
+                # A yield has just ended with a connection queued. If this
+                # worker gets it, no other wanted it: take up to ``threads``
+                # more without yielding for a while.
+                before = self.nr_conns
+                super().accept(listener)
+                if self.nr_conns > before:
+                    self._take_until = now + ACCEPT_YIELD
+                    self._take_limit = busy + 1 + self.cfg.threads
+                return
+            if now >= self._take_until or busy >= self._take_limit:
+                self._yield_until = now + ACCEPT_YIELD
+                super().set_accept_enabled(False)
+                return
+        super().accept(listener)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """gthread's switch, which stays off while this worker, still busy, yields."""
+        if enabled and self._yield_until and self.alive:
+            if time.monotonic() < self._yield_until and self.busy() >= self.cfg.threads:
+                return
+            self._yield_until = 0.0
+            self._resumed = True
+        super().set_accept_enabled(enabled)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """gthread's wait: cut short to listen again once a yield is over, not at all just after."""
+        if self.alive:
+            if self._resumed:
+                # Only what is queued already counts as left by the others.
+                timeout = 0.0
+            elif not self._accepting and self._yield_until:
+                timeout = max(0.0, min(timeout, self._yield_until - time.monotonic()))
+        super().wait_for_and_dispatch_events(timeout)
+        self._resumed = False
 
     def enqueue_req(self, conn: Any) -> None:
         """Read the connection's next request head in the event loop before a thread takes it."""
@@ -208,7 +283,13 @@ class DeadlineWorker(ThreadWorker):
         """Serve one request; a connection whose body ran out of time is not kept alive.
 
         The rest of that body may still arrive, and would be read as the next request.
+        A worker far busier than its threads closes a connection now and then (see above).
         """
+        if self.cfg.workers > 1 and self.busy() > 2 * self.cfg.threads:
+            now = time.monotonic()
+            if now - self._last_shed >= SHED_INTERVAL:
+                self._last_shed = now
+                req.must_close = True  # answered with "Connection: close"
         keepalive: bool = super().handle_request(req, conn)
         return keepalive and not conn.deadline_reader.expired
 

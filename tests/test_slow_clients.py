@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
 import select
 import signal
 import socket
@@ -60,7 +61,9 @@ class Server:
         return call("GET", f"{self.base}/health", timeout=PROMPT).status
 
 
-def start(tmp: Path, read_timeout: float) -> tuple[subprocess.Popen, Server, str]:
+def start(
+    tmp: Path, read_timeout: float, workers: int = 1, threads: int = THREADS
+) -> tuple[subprocess.Popen, Server, str]:
     """gunicorn -c gunicorn.conf.py 'auth_app:create_app()' on a free port, once it answers.
 
     Returns the process, where it listens, and the marker its processes carry.
@@ -69,7 +72,11 @@ def start(tmp: Path, read_timeout: float) -> tuple[subprocess.Popen, Server, str
     env = web_environ(tmp, marker)
     migrate("auth", env)
     port = free_port()
-    env.update(WEB_THREADS=str(THREADS), WEB_READ_TIMEOUT=str(read_timeout))
+    env.update(
+        WEB_CONCURRENCY=str(workers),
+        WEB_THREADS=str(threads),
+        WEB_READ_TIMEOUT=str(read_timeout),
+    )
     log_path = tmp / "gunicorn.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
@@ -345,3 +352,128 @@ def test_connections_still_sending_their_head_do_not_hold_a_stopping_worker(tmp_
     assert "Worker exiting" in log, tail(running.log)
     assert "SIGKILL" not in log, tail(running.log)
     assert left == {}
+
+
+def worker_pids(master: int) -> list[int]:
+    """The pids of a gunicorn master's workers."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # not a process, or gone
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == master:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def owner(sock: socket.socket, pids: list[int]) -> int:
+    """Which of ``pids`` holds the server side of the TCP connection ``sock``."""
+    port = sock.getsockname()[1]
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) == port:  # the server side: its peer is us
+            inode = fields[9]
+    assert inode is not None, f"no server socket for client port {port}"
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    raise AssertionError(f"no worker of {pids} holds the connection from port {port}")
+
+
+def two_workers(process: subprocess.Popen, running: Server) -> list[int]:
+    """The pids of gunicorn's two workers, once both have started."""
+    deadline = time.monotonic() + 30
+    while len(pids := worker_pids(process.pid)) < 2:
+        assert time.monotonic() < deadline, tail(running.log)
+        time.sleep(0.05)
+    return pids
+
+
+def taken_by(socks: list[socket.socket], pid: int) -> None:
+    """Wait until worker ``pid`` has accepted each of ``socks``."""
+    deadline = time.monotonic() + PROMPT
+    while True:
+        try:
+            assert {owner(sock, [pid]) for sock in socks} == {pid}
+            return
+        except AssertionError:
+            assert time.monotonic() < deadline, f"worker {pid} did not take them"
+            time.sleep(0.05)
+
+
+def busy_connections(running: Server, count: int) -> list[socket.socket]:
+    """``count`` connections that keep a worker busy: each has sent part of its head."""
+    socks = [running.connect() for _ in range(count)]
+    for sock in socks:
+        sock.sendall(b"GET /health HTTP/1.1\r\n")
+    return socks
+
+
+def get_kept_alive(sock: socket.socket) -> bytes:
+    """``GET /health`` on ``sock``; the answer's head and body, the connection left open."""
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+    answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    return answer
+
+
+def test_a_busy_worker_leaves_new_connections_to_an_idle_one(tmp_path):
+    # Both workers wait on one listening socket and the kernel wakes both;
+    # whichever ran first took the connection, so a client opening a few at
+    # once often found them all on one worker while the other idled.
+    process, running, marker = start(tmp_path, read_timeout=60, workers=2, threads=2)
+    held, new = [], []
+    try:
+        first, second = two_workers(process, running)
+        # With the second stopped, the first takes as many connections as it
+        # has threads, each still sending its head: it is busy.
+        os.kill(second, signal.SIGSTOP)
+        try:
+            held = busy_connections(running, 2)
+            taken_by(held, first)
+        finally:
+            os.kill(second, signal.SIGCONT)
+        # The next connections go to the idle worker, though both are woken.
+        for _ in range(2):
+            new.append(running.connect())
+            get_kept_alive(new[-1])
+        assert [owner(sock, [first, second]) for sock in new] == [second, second]
+    finally:
+        for sock in held + new:
+            sock.close()
+        assert stop(process, marker) == {}
+
+
+def test_a_worker_with_more_than_its_share_hands_connections_back(tmp_path):
+    # A recycled worker comes back to find every client on the others: a
+    # worker busy with over twice its threads' connections closes one now
+    # and then, and the client's new connection goes to the idle worker.
+    process, running, marker = start(tmp_path, read_timeout=60, workers=2, threads=1)
+    held, crowded, again = [], None, None
+    try:
+        first, second = two_workers(process, running)
+        os.kill(second, signal.SIGSTOP)
+        try:
+            held = busy_connections(running, 2)
+            taken_by(held, first)
+            # No one else to take it: after its yield the first takes this one too.
+            crowded = running.connect()
+            answer = get_kept_alive(crowded)
+            assert owner(crowded, [first]) == first
+        finally:
+            os.kill(second, signal.SIGCONT)
+        assert b"\r\nconnection: close\r\n" in answer.lower(), answer
+        again = running.connect()
+        get_kept_alive(again)
+        assert owner(again, [first, second]) == second
+    finally:
+        for sock in [*held, crowded, again]:
+            if sock is not None:
+                sock.close()
+        assert stop(process, marker) == {}
