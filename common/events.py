@@ -18,14 +18,22 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from common.fields import MAX_ROLES, EpochSeconds, RoleName, StrictBoolean, UuidString
+from common.fields import (
+    MAX_ROLES,
+    ROLE_NAME,
+    EpochSeconds,
+    RoleName,
+    StrictBoolean,
+    UuidString,
+    canonical_id,
+)
 
 ENVELOPE_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -74,11 +82,23 @@ class ByField:
 
     Each shape is a plain marshmallow schema with its own required fields, so
     loading one checks exactly what that kind of message must carry.
+
+    ``fast`` gives a shape a loader in plain Python for the messages that
+    arrive by the thousand: it returns what the schema's ``load`` would, or
+    None for anything it is not sure of, which the schema then loads (and
+    refuses, with its own message, if invalid). A test holds each such
+    loader to its schema.
     """
 
-    def __init__(self, field: str, schemas: Mapping[str, Schema]) -> None:
+    def __init__(
+        self,
+        field: str,
+        schemas: Mapping[str, Schema],
+        fast: Mapping[str, Callable[[dict[str, Any]], dict[str, Any] | None]] | None = None,
+    ) -> None:
         self.field = field
         self.schemas = dict(schemas)
+        self.fast = dict(fast or {})
 
     def _schema(self, data: Any) -> Schema:
         if not isinstance(data, Mapping):
@@ -90,6 +110,11 @@ class ByField:
 
     def load(self, data: Any) -> Any:
         """The data loaded by its shape's schema; ValidationError if invalid."""
+        if type(data) is dict:
+            shape = data.get(self.field)
+            loader = self.fast.get(shape) if type(shape) is str else None
+            if loader is not None and (loaded := loader(data)) is not None:
+                return loaded
         return self._schema(data).load(data)
 
     def dump(self, data: Any) -> Any:
@@ -120,6 +145,60 @@ class UserSyncCreated(_SyncData):
     is_active = StrictBoolean()
     email_verified = StrictBoolean()
     created_at = fields.AwareDateTime(default_timezone=UTC)
+
+
+def _text(longest: int) -> Callable[[Any], str | None]:
+    return lambda value: value if type(value) is str and 0 < len(value) <= longest else None
+
+
+def _role_names(value: Any) -> list[str] | None:
+    if type(value) is not list or len(value) > MAX_ROLES:
+        return None
+    if not all(type(name) is str and ROLE_NAME.fullmatch(name) for name in value):
+        return None
+    return list(value)
+
+
+def _aware_datetime(value: Any) -> datetime | None:
+    if type(value) is not str:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+#: What :class:`UserSyncCreated` does with each of its fields, in plain Python:
+#: the loaded value, or None where the field would refuse it or might.
+_CREATED_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "user_id": canonical_id,
+    "action": lambda value: value if type(value) is str else None,
+    "email": _text(320),
+    "username": _text(64),
+    "roles": _role_names,
+    "is_active": lambda value: value if type(value) is bool else None,
+    "email_verified": lambda value: value if type(value) is bool else None,
+    "created_at": _aware_datetime,
+}
+_CREATED_REQUIRED = frozenset({"user_id", "action", "email", "username"})
+
+
+def load_created(data: dict[str, Any]) -> dict[str, Any] | None:
+    """``UserSyncCreated().load(data)`` for a valid message; None for anything else.
+
+    A registration sends one of these: the user worker takes thousands a
+    second, and marshmallow spent about 40 us on each.
+    """
+    loaded = {}
+    for name, value in data.items():
+        load = _CREATED_FIELDS.get(name)
+        if load is None:
+            continue  # a field a newer publisher added: ignored, as the schema does
+        if (loaded_value := load(value)) is None:
+            return None
+        loaded[name] = loaded_value
+    return loaded if _CREATED_REQUIRED <= loaded.keys() else None
 
 
 class AccountChanges(Schema):
@@ -176,6 +255,7 @@ UserSyncData = ByField(
         "sessions_revoked": UserSyncSessionsRevoked(),
         "session_revoked": UserSyncSessionRevoked(),
     },
+    fast={"created": load_created},
 )
 
 
