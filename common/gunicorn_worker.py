@@ -221,8 +221,10 @@ class DeadlineWorker(ThreadWorker):
             if self._resumed:
                 # Only what is queued already counts as left by the others.
                 timeout = 0.0
-            elif not self._accepting and self._yield_until:
-                timeout = max(0.0, min(timeout, self._yield_until - time.monotonic()))
+            elif (remaining := self._yield_until - time.monotonic()) > 0:
+                # Past it, the loop listens again unless worker_connections
+                # are all taken: then there is nothing to wake up early for.
+                timeout = min(timeout, remaining)
         super().wait_for_and_dispatch_events(timeout)
         self._resumed = False
 

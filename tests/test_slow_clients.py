@@ -9,6 +9,7 @@ whole time. The read deadline is shortened to keep the run quick.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -407,11 +409,25 @@ def taken_by(socks: list[socket.socket], pid: int) -> None:
             time.sleep(0.05)
 
 
-def busy_connections(running: Server, count: int) -> list[socket.socket]:
-    """``count`` connections that keep a worker busy: each has sent part of its head."""
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """Worker ``pid`` stopped (SIGSTOP) for the block: it accepts nothing meanwhile."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def busy_connections(running: Server, count: int, worker: int) -> list[socket.socket]:
+    """``count`` connections that keep ``worker`` busy, each with part of its head sent.
+
+    Only ``worker`` may be accepting while they open.
+    """
     socks = [running.connect() for _ in range(count)]
     for sock in socks:
         sock.sendall(b"GET /health HTTP/1.1\r\n")
+    taken_by(socks, worker)
     return socks
 
 
@@ -433,12 +449,8 @@ def test_a_busy_worker_leaves_new_connections_to_an_idle_one(tmp_path):
         first, second = two_workers(process, running)
         # With the second stopped, the first takes as many connections as it
         # has threads, each still sending its head: it is busy.
-        os.kill(second, signal.SIGSTOP)
-        try:
-            held = busy_connections(running, 2)
-            taken_by(held, first)
-        finally:
-            os.kill(second, signal.SIGCONT)
+        with stopped(second):
+            held = busy_connections(running, 2, first)
         # The next connections go to the idle worker, though both are woken.
         for _ in range(2):
             new.append(running.connect())
@@ -458,16 +470,12 @@ def test_a_worker_with_more_than_its_share_hands_connections_back(tmp_path):
     held, crowded, again = [], None, None
     try:
         first, second = two_workers(process, running)
-        os.kill(second, signal.SIGSTOP)
-        try:
-            held = busy_connections(running, 2)
-            taken_by(held, first)
+        with stopped(second):
+            held = busy_connections(running, 2, first)
             # No one else to take it: after its yield the first takes this one too.
             crowded = running.connect()
             answer = get_kept_alive(crowded)
             assert owner(crowded, [first]) == first
-        finally:
-            os.kill(second, signal.SIGCONT)
         assert b"\r\nconnection: close\r\n" in answer.lower(), answer
         again = running.connect()
         get_kept_alive(again)
