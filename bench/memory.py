@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.cpu import stat_fields
+
 
 def rss_mb(pid: int) -> float | None:
     """The resident set size of ``pid`` in MiB, or None when it is gone."""
@@ -69,12 +71,10 @@ def children(pid: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = stat_fields(int(entry))
         except OSError:
             continue
-        # The command name may hold spaces and parentheses: fields start after the last ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
+        if int(fields[1]) == pid:  # the parent's pid
             found.append(int(entry))
     return sorted(found)
 

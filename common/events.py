@@ -151,6 +151,10 @@ def _text(longest: int) -> Callable[[Any], str | None]:
     return lambda value: value if type(value) is str and 0 < len(value) <= longest else None
 
 
+def _boolean(value: Any) -> bool | None:
+    return value if type(value) is bool else None
+
+
 def _role_names(value: Any) -> list[str] | None:
     if type(value) is not list or len(value) > MAX_ROLES:
         return None
@@ -177,8 +181,8 @@ _CREATED_FIELDS: dict[str, Callable[[Any], Any]] = {
     "email": _text(320),
     "username": _text(64),
     "roles": _role_names,
-    "is_active": lambda value: value if type(value) is bool else None,
-    "email_verified": lambda value: value if type(value) is bool else None,
+    "is_active": _boolean,
+    "email_verified": _boolean,
     "created_at": _aware_datetime,
 }
 _CREATED_REQUIRED = frozenset({"user_id", "action", "email", "username"})

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from gunicorn.config import Config
 
+from bench.memory import children
 from common.config import EXIT_CONFIG_ERROR
 from common.gunicorn_worker import REQUEST_TIMEOUT_ANSWER, DeadlineReader, DeadlineWorker
 from tests.conftest import ROOT
@@ -356,19 +357,6 @@ def test_connections_still_sending_their_head_do_not_hold_a_stopping_worker(tmp_
     assert left == {}
 
 
-def worker_pids(master: int) -> list[int]:
-    """The pids of a gunicorn master's workers."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # not a process, or gone
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == master:
-            pids.append(int(entry.name))
-    return sorted(pids)
-
-
 def owner(sock: socket.socket, pids: list[int]) -> int:
     """Which of ``pids`` holds the server side of the TCP connection ``sock``."""
     port = sock.getsockname()[1]
@@ -391,7 +379,7 @@ def owner(sock: socket.socket, pids: list[int]) -> int:
 def two_workers(process: subprocess.Popen, running: Server) -> list[int]:
     """The pids of gunicorn's two workers, once both have started."""
     deadline = time.monotonic() + 30
-    while len(pids := worker_pids(process.pid)) < 2:
+    while len(pids := children(process.pid)) < 2:
         assert time.monotonic() < deadline, tail(running.log)
         time.sleep(0.05)
     return pids
