@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,3 +114,16 @@ def run_wrk(
     if result.returncode != 0:
         raise BenchError(f"wrk failed: {result.stderr[-2000:]}")
     return parse_wrk_output(result.stdout)
+
+
+def median_result(runs: list[LoadResult]) -> LoadResult:
+    """The median of each figure over ``runs`` (req/s, p50, p99 on their own); errors summed."""
+    seconds = statistics.median(run.seconds for run in runs)
+    return LoadResult(
+        requests=round(statistics.median(run.rate for run in runs) * seconds),
+        seconds=seconds,
+        errors=sum(run.errors for run in runs),
+        non_2xx=sum(run.non_2xx for run in runs),
+        p50_ms=statistics.median(run.p50_ms for run in runs),
+        p99_ms=statistics.median(run.p99_ms for run in runs),
+    )

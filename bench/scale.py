@@ -2,8 +2,9 @@
 
 Fresh databases of both services are filled in bulk, by the database itself
 (``INSERT ... SELECT`` over ``generate_series``: a million rows in seconds,
-not the hours a million registrations would take), first to a thousand users
-and then, in the same run, to a million:
+not the hours a million registrations would take). Each size has a system of
+its own (databases, vhost, web and worker processes), both running in the
+same run:
 
 =========================  ======  ==========
 what                       small   large
@@ -27,16 +28,20 @@ At each size the same measures run: login, refresh, ``GET /users/me``, the
 admin listing by page (``page=1``, ``page=1000``) and by cursor at the depth
 of page 1000, ``q`` = one user's tag, ``q`` = a surname shared by one user in
 fifty, ``q`` = one company's domain, and the drain of ``user.sync`` rows through
-relay and worker. Each is printed with p50, p99 and req/s at both sizes and
-the ratio large/small.
+relay and worker. The HTTP measures run several times at each size, the two
+sizes taking turns, and each figure is the median of its runs: a burst of
+other work on the machine lands on both sizes, not on one of them. Each is
+printed with p50, p99 and req/s at both sizes and the ratio large/small.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import func, select, text, tuple_
@@ -45,7 +50,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from bench import pipeline
-from bench.load import LoadResult, run_wrk
+from bench.load import LoadResult, median_result, run_wrk
 from bench.report import Row, say
 from bench.system import PASSWORD, BenchError, System
 from user_app.administration import Position, decode_cursor, listing, search_conditions
@@ -264,17 +269,54 @@ def user_email(i: int) -> str:
 
 
 class ScaleMeasure:
-    """One system, measured at each size in turn."""
+    """One system at one size: its processes, its databases, and each measure's run."""
 
-    def __init__(self, plan, auth: str, user: str, auth_engine, user_engine):
+    def __init__(self, plan, system: System, users: int):
+        from common.db import make_engine
+
         self.plan = plan
-        self.auth = auth
-        self.user = user
-        self.auth_engine = auth_engine
-        self.user_engine = user_engine
+        self.users = users
+        self.system = system
+        self.auth = system.start_web(f"scale_auth_{users}", "auth_app:create_app()")
+        self.user = system.start_web(f"scale_user_{users}", "user_app:create_app()")
+        for name, module in (
+            ("auth_relay", ("workers.relay", "auth")),
+            ("user_relay", ("workers.relay", "user")),
+            ("auth_worker", ("workers.auth_worker",)),
+            ("user_worker", ("workers.user_worker",)),
+        ):
+            system.start_worker(f"scale_{name}_{users}", *module)
+        self.auth_engine = make_engine(system.auth_db)
+        self.user_engine = make_engine(system.user_db)
+        self.probe = 7 if users > 7 else 0
+        self.email = user_email(self.probe)
+        self.load_s = 0.0
+        self.cursor = ""
+        self.admin_email = ""
+        self.paths: dict[str, tuple[str, str]] = {}
 
-    def admin_token(self) -> str:
-        """An administrator's access token (the bench's own account, made admin)."""
+    def close(self) -> None:
+        self.auth_engine.dispose()
+        self.user_engine.dispose()
+
+    def fill(self) -> None:
+        """Load ``users`` users (and all that goes with them) in bulk, then VACUUM ANALYZE."""
+        first = pipeline.register(self.auth, "scalefirst" + uuid.uuid4().hex[:6])
+        pipeline.wait_for_profile(self.user_engine, first["id"], timeout=60)
+        with self.auth_engine.connect() as db:
+            password_hash = db.scalar(
+                text("SELECT password_hash FROM users WHERE id = :id"), {"id": first["id"]}
+            )
+        started = time.perf_counter()
+        fill_auth(self.auth_engine, 0, self.users, password_hash)
+        fill_user(self.user_engine, 0, self.users)
+        self.load_s = time.perf_counter() - started
+        analyze(self.auth_engine)
+        analyze(self.user_engine)
+        say(f"scale: {self.users:,} users loaded in {self.load_s:.0f}s (+ analyze)")
+
+    def make_admin(self) -> str:
+        """Register the bench's own account, make it an administrator; return its email."""
         name = "scaleadmin" + uuid.uuid4().hex[:6]
         account = pipeline.register(self.auth, name)
         pipeline.wait_for_profile(self.user_engine, account["id"], timeout=60)
@@ -283,10 +325,35 @@ class ScaleMeasure:
                 text('UPDATE users SET roles = \'["user", "admin"]\' WHERE id = :id'),
                 {"id": account["id"]},
             )
-        return pipeline.login(self.auth, account["email"])["access_token"]
+        return account["email"]
 
-    def refresh_tokens(self, count: int, email: str) -> list[str]:
-        return [pipeline.login(self.auth, email)["refresh_token"] for _ in range(count)]
+    def access_token(self, email: str) -> str:
+        """A fresh access token of ``email``'s: each run logs in anew, as the runs of
+        both sizes together outlast an access token's lifetime."""
+        return pipeline.login(self.auth, email)["access_token"]
+
+    def prepare(self) -> None:
+        """The administrator, cursor and paths every measure of this size uses."""
+        self.admin_email = self.make_admin()
+        listing = "/api/v1/users"
+        deep_offset = (DEEP_PAGE - 1) * PAGE_SIZE
+        admin = self.access_token(self.admin_email)
+        self.cursor = self.cursor_at(admin, min(deep_offset, self.users - PAGE_SIZE))
+        probe = self.probe
+        # Each path with whose token it is read: the probe user's own, or the administrator's.
+        self.paths = {
+            "GET /users/me": ("/api/v1/users/me", self.email),
+            "list ?page=1": (f"{listing}?page=1", self.admin_email),
+            f"list ?page={DEEP_PAGE}": (f"{listing}?page={DEEP_PAGE}", self.admin_email),
+            f"list ?after=<page {DEEP_PAGE}>": (f"{listing}?after={self.cursor}", self.admin_email),
+            "list ?q=<username tag>": (f"{listing}?q={tag(probe)}", self.admin_email),
+            "list ?q=<surname, 1 in 50>": (f"{listing}?q=_{LAST[3]}_", self.admin_email),
+            "list ?q=<surname>&after=": (f"{listing}?q=_{LAST[3]}_&after=", self.admin_email),
+            "list ?q=<company domain>": (
+                f"{listing}?q=@corp{probe // PER_DOMAIN}.example",
+                self.admin_email,
+            ),
+        }
 
     def wrk(self, path: str, script: str, arg: str, *, connections: int, threads: int = 2):
         return run_wrk(
@@ -298,49 +365,32 @@ class ScaleMeasure:
             threads=threads,
         )
 
-    def measure(self, users: int, raw: dict) -> dict[str, LoadResult | float]:
-        """Every measure at the size the databases now hold."""
-        probe = 7 if users > 7 else 0
-        email = user_email(probe)
-        login_body = json.dumps({"email": email, "password": PASSWORD})
-        token = pipeline.login(self.auth, email)["access_token"]
-        admin = self.admin_token()
-        listing = "/api/v1/users"
-        deep_offset = (DEEP_PAGE - 1) * PAGE_SIZE
-        cursor = self.cursor_at(admin, min(deep_offset, users - PAGE_SIZE))
-        results: dict[str, LoadResult | float] = {}
+    def run(self, name: str) -> LoadResult:
+        """One wrk run of the measure called ``name`` (one of :data:`MEASURES`)."""
         concurrency = 8
-        results["login"] = self.wrk(
-            "/api/v1/auth/login", "post_json.lua", login_body, connections=concurrency
-        )
-        # One per connection, and one for the request wrk builds and never sends.
-        tokens = self.refresh_tokens(concurrency + 1, email)
-        results["refresh"] = self.wrk(
-            "/api/v1/auth/refresh",
-            "refresh_chain.lua",
-            ",".join(tokens),
-            connections=concurrency,
-            threads=1,
-        )
-        queries = {
-            "GET /users/me": ("/api/v1/users/me", token),
-            "list ?page=1": (f"{listing}?page=1", admin),
-            f"list ?page={DEEP_PAGE}": (f"{listing}?page={DEEP_PAGE}", admin),
-            f"list ?after=<page {DEEP_PAGE}>": (f"{listing}?after={cursor}", admin),
-            "list ?q=<username tag>": (f"{listing}?q={tag(probe)}", admin),
-            "list ?q=<surname, 1 in 50>": (f"{listing}?q=_{LAST[3]}_", admin),
-            "list ?q=<surname>&after=": (f"{listing}?q=_{LAST[3]}_&after=", admin),
-            "list ?q=<company domain>": (f"{listing}?q=@corp{probe // PER_DOMAIN}.example", admin),
-        }
-        for name, (path, bearer) in queries.items():
-            results[name] = self.wrk(path, "bearer.lua", bearer, connections=16)
-        results["drain msg/s"] = self.drain(raw)
-        plans = explain_plans(self.user_engine, probe, decode_cursor(cursor))
-        raw.setdefault("scale", {}).setdefault("plans", {})[str(users)] = plans
-        for name, result in results.items():
-            if isinstance(result, LoadResult) and result.errors:
-                raise BenchError(f"scale {name} at {users:,} users: {result}")
-        return results
+        if name == "login":
+            body = json.dumps({"email": self.email, "password": PASSWORD})
+            result = self.wrk("/api/v1/auth/login", "post_json.lua", body, connections=concurrency)
+        elif name == "refresh":
+            # One per connection, and one for the request wrk builds and never sends;
+            # each run rotates them, so every run starts from fresh ones.
+            tokens = [
+                pipeline.login(self.auth, self.email)["refresh_token"]
+                for _ in range(concurrency + 1)
+            ]
+            result = self.wrk(
+                "/api/v1/auth/refresh",
+                "refresh_chain.lua",
+                ",".join(tokens),
+                connections=concurrency,
+                threads=1,
+            )
+        else:
+            path, reader = self.paths[name]
+            result = self.wrk(path, "bearer.lua", self.access_token(reader), connections=16)
+        if result.errors:
+            raise BenchError(f"scale {name} at {self.users:,} users: {result}")
+        return result
 
     def cursor_at(self, admin: str, offset: int) -> str:
         """The cursor that continues the listing after ``offset`` profiles."""
@@ -348,7 +398,7 @@ class ScaleMeasure:
         _, metadata = _get(f"{self.user}/api/v1/users?page={max(page, 1)}", admin)
         return metadata["cursor"]
 
-    def drain(self, raw: dict) -> float:
+    def drain(self) -> float:
         """Messages per second of ``plan.drain_rows`` ``user.sync`` rows, outbox to profile."""
         count = self.plan.drain_rows
         ids = pipeline.fill_outbox(self.auth_engine, count)
@@ -367,88 +417,115 @@ class ScaleMeasure:
         return count / (time.perf_counter() - started)
 
 
-def measure_scale(plan, rows: list[Row], raw: dict, sizes: tuple[int, int]) -> None:
-    """Both sizes, in one run, on one fresh system; a row per measure with the ratio."""
-    from common.db import make_engine
+#: The HTTP measures, in the order they run.
+MEASURES = (
+    "login",
+    "refresh",
+    "GET /users/me",
+    "list ?page=1",
+    f"list ?page={DEEP_PAGE}",
+    f"list ?after=<page {DEEP_PAGE}>",
+    "list ?q=<username tag>",
+    "list ?q=<surname, 1 in 50>",
+    "list ?q=<surname>&after=",
+    "list ?q=<company domain>",
+)
 
+
+def taking_turns(measures: list[ScaleMeasure], rounds: int) -> Iterator[ScaleMeasure]:
+    """Each size once a round, the order flipping every round (small large, large small, ...)."""
+    for round_ in range(rounds):
+        yield from measures if round_ % 2 == 0 else measures[::-1]
+
+
+def measure_scale(plan, rows: list[Row], raw: dict, sizes: tuple[int, int]) -> None:
+    """Both sizes side by side, each on a system of its own, their runs interleaved.
+
+    Every measure runs ``plan.runs`` times at each size, the sizes taking
+    turns (small, large, large, small, ...), so whatever else the machine does
+    meanwhile falls on both alike; each figure is the median of its runs.
+    """
     small, large = sizes
-    with System(bcrypt_rounds=4) as system:
-        say("scale: starting the system on fresh databases")
-        auth = system.start_web("scale_auth", "auth_app:create_app()")
-        user = system.start_web("scale_user", "user_app:create_app()")
-        for name, module in (
-            ("scale_auth_relay", ("workers.relay", "auth")),
-            ("scale_user_relay", ("workers.relay", "user")),
-            ("scale_auth_worker", ("workers.auth_worker",)),
-            ("scale_user_worker", ("workers.user_worker",)),
-        ):
-            system.start_worker(name, *module)
-        auth_engine, user_engine = make_engine(system.auth_db), make_engine(system.user_db)
+    with System(bcrypt_rounds=4) as small_system, System(bcrypt_rounds=4) as large_system:
+        say("scale: starting a system of fresh databases for each size")
+        measures = [ScaleMeasure(plan, small_system, small)]
         try:
-            first = pipeline.register(auth, "scalefirst" + uuid.uuid4().hex[:6])
-            pipeline.wait_for_profile(user_engine, first["id"], timeout=60)
-            with auth_engine.connect() as db:
-                password_hash = db.scalar(
-                    text("SELECT password_hash FROM users WHERE id = :id"), {"id": first["id"]}
-                )
-            measure = ScaleMeasure(plan, auth, user, auth_engine, user_engine)
-            figures = {}
-            filled = 0
-            for users in (small, large):
-                started = time.perf_counter()
-                fill_auth(auth_engine, filled, users, password_hash)
-                fill_user(user_engine, filled, users)
-                loaded = time.perf_counter() - started
-                analyze(auth_engine)
-                analyze(user_engine)
-                say(f"scale: {users:,} users loaded in {loaded:.0f}s (+ analyze); measuring")
-                raw.setdefault("scale", {})[str(users)] = {"load_s": round(loaded, 1)}
-                figures[users] = measure.measure(users, raw)
-                filled = users
-                system.check_alive()
+            measures.append(ScaleMeasure(plan, large_system, large))
+            for measure in measures:
+                measure.fill()
+                raw.setdefault("scale", {})[str(measure.users)] = {
+                    "load_s": round(measure.load_s, 1)
+                }
+                measure.prepare()
+            say(f"scale: measuring, {plan.runs} runs at each size, interleaved")
+            runs: dict[str, dict[int, list[LoadResult]]] = {}
+            for name in MEASURES:
+                runs[name] = {small: [], large: []}
+                for measure in taking_turns(measures, plan.runs):
+                    runs[name][measure.users].append(measure.run(name))
+            # The drains take turns too. Each leaves its rows: by its last drain
+            # the small system holds its size plus twice drain_rows users.
+            drain_runs: dict[int, list[float]] = {small: [], large: []}
+            for measure in taking_turns(measures, plan.runs):
+                drain_runs[measure.users].append(measure.drain())
+            for measure in measures:
+                after = decode_cursor(measure.cursor)
+                plans = explain_plans(measure.user_engine, measure.probe, after)
+                raw["scale"].setdefault("plans", {})[str(measure.users)] = plans
+                measure.system.check_alive()
         finally:
-            auth_engine.dispose()
-            user_engine.dispose()
-    report(figures, small, large, rows, raw)
+            for measure in measures:
+                measure.close()
+    report(runs, drain_runs, small, large, rows, raw)
 
 
 #: Every measure at a million users within 1.5x of its figure at a thousand.
 SCALE_TARGET = 1.5
 
 
-def report(figures: dict, small: int, large: int, rows: list[Row], raw: dict) -> None:
-    """A row per measure and figure: the large size's value, the small's as the ceiling."""
-    little, big = figures[small], figures[large]
+def report(
+    runs: dict[str, dict[int, list[LoadResult]]],
+    drains: dict[int, list[float]],
+    small: int,
+    large: int,
+    rows: list[Row],
+    raw: dict,
+) -> None:
+    """A row per measure and figure: the large size's median, the small's as the ceiling."""
     sizes = f"{large:,} vs {small:,}"
-    for name, result in little.items():
-        large_result = big[name]
-        if isinstance(result, LoadResult):
-            raw["scale"][name] = {"small": result.to_dict(), "large": large_result.to_dict()}
-            rows.append(
-                Row(
-                    f"scale {name} req/s ({sizes})",
-                    large_result.rate,
-                    ceiling=result.rate,
-                    ratio_target=round(1 / SCALE_TARGET, 2),
-                )
+    for name, by_size in runs.items():
+        little, big = median_result(by_size[small]), median_result(by_size[large])
+        raw["scale"][name] = {
+            "small": [run.to_dict() for run in by_size[small]],
+            "large": [run.to_dict() for run in by_size[large]],
+        }
+        rows.append(
+            Row(
+                f"scale {name} req/s ({sizes})",
+                big.rate,
+                ceiling=little.rate,
+                ratio_target=round(1 / SCALE_TARGET, 2),
             )
-            rows.append(Row("  p50 ms", large_result.p50_ms, ceiling=result.p50_ms))
-            rows.append(
-                Row(
-                    "  p99 ms",
-                    large_result.p99_ms,
-                    ceiling=result.p99_ms,
-                    ratio_target=SCALE_TARGET,
-                    lower_is_better=True,
-                )
+        )
+        rows.append(Row("  p50 ms", big.p50_ms, ceiling=little.p50_ms))
+        rows.append(
+            Row(
+                "  p99 ms",
+                big.p99_ms,
+                ceiling=little.p99_ms,
+                ratio_target=SCALE_TARGET,
+                lower_is_better=True,
             )
-        else:
-            raw["scale"][name] = {"small": round(result, 1), "large": round(large_result, 1)}
-            rows.append(
-                Row(
-                    f"scale {name} ({sizes})",
-                    large_result,
-                    ceiling=result,
-                    ratio_target=round(1 / SCALE_TARGET, 2),
-                )
-            )
+        )
+    raw["scale"]["drain msg/s"] = {
+        "small": [round(rate, 1) for rate in drains[small]],
+        "large": [round(rate, 1) for rate in drains[large]],
+    }
+    rows.append(
+        Row(
+            f"scale drain msg/s ({sizes})",
+            statistics.median(drains[large]),
+            ceiling=statistics.median(drains[small]),
+            ratio_target=round(1 / SCALE_TARGET, 2),
+        )
+    )

@@ -69,6 +69,21 @@ def test_a_row_passes_or_misses_on_its_ratio_and_its_target():
     assert Row("no ceiling", 3, ceiling=0, ratio_target=1).to_dict()["ratio"] is None
 
 
+def test_runs_combine_into_the_median_of_each_figure_with_every_error_counted():
+    from bench.load import LoadResult, median_result
+
+    runs = [
+        LoadResult(requests=1000, seconds=10.0, errors=0, non_2xx=0, p50_ms=5, p99_ms=20),
+        LoadResult(requests=3000, seconds=10.0, errors=2, non_2xx=1, p50_ms=3, p99_ms=90),
+        LoadResult(requests=2000, seconds=10.0, errors=0, non_2xx=0, p50_ms=9, p99_ms=70),
+    ]
+    combined = median_result(runs)
+    assert combined.rate == 200
+    # Each figure its own median, not the figures of the run with the median rate.
+    assert (combined.p50_ms, combined.p99_ms) == (5, 70)
+    assert (combined.errors, combined.non_2xx) == (2, 1)
+
+
 def test_wrk_output_without_a_result_line_is_a_clear_error():
     from bench.load import parse_wrk_output
     from bench.system import BenchError
