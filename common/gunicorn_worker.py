@@ -289,6 +289,8 @@ class DeadlineWorker(ThreadWorker):
         """
         if self.cfg.workers > 1 and self.busy() > 2 * self.cfg.threads:
             now = time.monotonic()
+            # Request threads share _last_shed without a lock: two of them racing
+            # here close two connections in one interval, which does no harm.
             if now - self._last_shed >= SHED_INTERVAL:
                 self._last_shed = now
                 req.must_close = True  # answered with "Connection: close"

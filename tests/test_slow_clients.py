@@ -32,6 +32,7 @@ from common.gunicorn_worker import REQUEST_TIMEOUT_ANSWER, DeadlineReader, Deadl
 from tests.conftest import ROOT
 from tests.e2e.client import call
 from tests.e2e.processes import free_port, tail
+from tests.integration.system import wait_until
 from tests.support.servers import run_id
 from tests.test_web_line import BIN, migrate, stop, web_environ
 
@@ -357,15 +358,16 @@ def test_connections_still_sending_their_head_do_not_hold_a_stopping_worker(tmp_
     assert left == {}
 
 
-def owner(sock: socket.socket, pids: list[int]) -> int:
-    """Which of ``pids`` holds the server side of the TCP connection ``sock``."""
+def holder(sock: socket.socket, pids: list[int]) -> int | None:
+    """Which of ``pids`` holds the server side of the TCP connection ``sock``, if one does yet."""
     port = sock.getsockname()[1]
     inode = None
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         if int(fields[2].split(":")[1], 16) == port:  # the server side: its peer is us
             inode = fields[9]
-    assert inode is not None, f"no server socket for client port {port}"
+    if inode is None:
+        return None
     for pid in pids:
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             try:
@@ -373,28 +375,26 @@ def owner(sock: socket.socket, pids: list[int]) -> int:
                     return pid
             except OSError:
                 continue
-    raise AssertionError(f"no worker of {pids} holds the connection from port {port}")
+    return None
+
+
+def owner(sock: socket.socket, pids: list[int]) -> int:
+    """Which of ``pids`` holds the server side of ``sock``; it must be one of them."""
+    pid = holder(sock, pids)
+    assert pid is not None, f"no worker of {pids} holds the connection from {sock.getsockname()}"
+    return pid
 
 
 def two_workers(process: subprocess.Popen, running: Server) -> list[int]:
     """The pids of gunicorn's two workers, once both have started."""
-    deadline = time.monotonic() + 30
-    while len(pids := children(process.pid)) < 2:
-        assert time.monotonic() < deadline, tail(running.log)
-        time.sleep(0.05)
-    return pids
+    assert wait_until(lambda: len(children(process.pid)) >= 2), tail(running.log)
+    return children(process.pid)
 
 
 def taken_by(socks: list[socket.socket], pid: int) -> None:
     """Wait until worker ``pid`` has accepted each of ``socks``."""
-    deadline = time.monotonic() + PROMPT
-    while True:
-        try:
-            assert {owner(sock, [pid]) for sock in socks} == {pid}
-            return
-        except AssertionError:
-            assert time.monotonic() < deadline, f"worker {pid} did not take them"
-            time.sleep(0.05)
+    taken = wait_until(lambda: all(holder(sock, [pid]) == pid for sock in socks), PROMPT)
+    assert taken, f"worker {pid} did not take them"
 
 
 @contextlib.contextmanager
